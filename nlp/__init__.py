@@ -1,0 +1,1 @@
+"""Natural-language pipelines: sentiment classification and chat (instruction) tuning."""

@@ -1,0 +1,1 @@
+"""Vision pipelines on torchvision models: detection, segmentation and classification."""
