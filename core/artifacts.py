@@ -85,7 +85,7 @@ def save_adapter(
 
     trainable, total = count_parameters(model)
     peft = next((method_for(c).peft_config for c in record.configs if method_for(c).peft_config), None)
-    adapter_config = peft(record.configs[0]) if peft and len(record.configs) == 1 else {
+    adapter_config = peft(record.configs[0], model, name) if peft and len(record.configs) == 1 else {
         "peft_type": "SCALPEL",
         "methods": [e["method"] for e in entries],
     }

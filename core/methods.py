@@ -29,8 +29,9 @@ class Method:
         state_dict: ``(model, adapter_name) -> tensors`` to save for that adapter; keys are
             the method's own and must not collide with another method's.
         load: rebuilds the adapter on a base model from the saved tensors (no data needed).
-        peft_config: optional ``config -> dict`` written as a Hugging Face PEFT
-            ``adapter_config.json``, for methods PEFT can open.
+        peft_config: optional ``(config, model, adapter_name) -> dict`` written as a Hugging
+            Face PEFT ``adapter_config.json``, for methods PEFT can open (the model is passed so
+            the config can name the exact modules the adapter changed).
         describe: optional ``(config, tensors) -> dict`` of extra facts for ``adapter info``.
     """
 
@@ -39,7 +40,7 @@ class Method:
     apply: Callable[..., nn.Module]
     state_dict: Callable[[nn.Module, str], dict[str, torch.Tensor]]
     load: LoadFn
-    peft_config: Callable[[Any], dict[str, Any]] | None = None
+    peft_config: Callable[[Any, nn.Module, str], dict[str, Any]] | None = None
     describe: Callable[[Any, dict[str, torch.Tensor]], dict[str, Any]] | None = None
 
 
