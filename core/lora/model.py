@@ -7,7 +7,7 @@ import re
 from torch import nn
 
 from scalpel.core.delta import DELTA_MARKERS, AdapterRecord, state_of
-from scalpel.core.errors import ConfigError, TargetNotFoundError
+from scalpel.core.errors import ConfigError, ScalpelError, TargetNotFoundError
 from scalpel.core.lora.config import ALL_LINEAR, LoraConfig, name_matches
 from scalpel.core.lora.layers import LoraLayer, ModulesToSave
 from scalpel.core.lora.ops import ops_for
@@ -25,6 +25,12 @@ def apply_lora(model: nn.Module, config: LoraConfig, *, adapter_name: str = "def
         TargetNotFoundError: nothing matched; the message lists modules that exist.
         ConfigError: a matched module cannot be adapted (grouped conv, unsupported type).
     """
+    record = state_of(model).adapters.get(adapter_name)
+    if record is not None and any(isinstance(c, LoraConfig) for c in record.configs):
+        raise ScalpelError(
+            f"adapter {adapter_name!r} already has LoRA; pass one LoraConfig with all its targets, "
+            "or use another adapter_name"
+        )
     saved = resolve_modules_to_save(model, config)
     targets = find_targets(model, config, skip=saved)
     record = state_of(model).adapters.setdefault(adapter_name, AdapterRecord())

@@ -63,25 +63,27 @@ def lora_state_dict(model: nn.Module, adapter_name: str) -> dict[str, torch.Tens
         for name, p in model.named_parameters()
         if (key := peft_key(name, adapter_name)) is not None
     }
-    tensors.update({PREFIX + n: p.detach() for n, p in _bias_parameters(model, adapter_name).items()})
+    # Biases are also base parameters the adapter trains in full, which artifacts.py saves as
+    # `scalpel.full.<name>`; a copy here keeps the PEFT key without sharing storage.
+    tensors.update({PREFIX + n: p.detach().clone() for n, p in _bias_parameters(model, lora_config_of(model, adapter_name), adapter_name).items()})
     return tensors
 
 
 def load_lora(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor], adapter_name: str) -> nn.Module:
     """Rebuild adapter ``adapter_name`` from saved tensors (the Method's ``load``)."""
     apply_lora(model, config, adapter_name=adapter_name)
-    copy_into(model, adapter_name, tensors, strict=False)
+    copy_into(model, config, adapter_name, tensors, strict=False)
     return model
 
 
-def copy_into(model: nn.Module, adapter_name: str, tensors: dict[str, torch.Tensor], *, strict: bool, source: str = "the adapter") -> None:
+def copy_into(model: nn.Module, config: LoraConfig, adapter_name: str, tensors: dict[str, torch.Tensor], *, strict: bool, source: str = "the adapter") -> None:
     """Copy saved tensors into the adapter's parameters; with ``strict``, every tensor must be used."""
     wanted: dict[str, nn.Parameter] = {}
     for name, p in model.named_parameters():
         key = peft_key(name, adapter_name)
         if key is not None:
             wanted[key] = p
-    biases = {PREFIX + n: p for n, p in _bias_parameters(model, adapter_name).items()}
+    biases = {PREFIX + n: p for n, p in _bias_parameters(model, config, adapter_name).items()}
     missing = sorted(k for k in wanted if k not in tensors)
     if missing:
         raise AdapterError(f"{source} lacks tensor {missing[0]!r} ({len(missing)} missing); it is incomplete or for another model")
@@ -103,9 +105,8 @@ def copy_into(model: nn.Module, adapter_name: str, tensors: dict[str, torch.Tens
             )
 
 
-def _bias_parameters(model: nn.Module, adapter_name: str) -> dict[str, nn.Parameter]:
+def _bias_parameters(model: nn.Module, config: LoraConfig, adapter_name: str) -> dict[str, nn.Parameter]:
     """Base biases the LoRA config of ``adapter_name`` trains, by current parameter name."""
-    config = lora_config_of(model, adapter_name)
     if config.bias == "none":
         return {}
     names = _trained_biases(model, config, [n for n, _ in lora_layers(model, adapter_name)])
@@ -209,7 +210,7 @@ def read_peft_lora(model: nn.Module, adapter_config: dict[str, Any], path: Path,
     base_rows = {k: v for k, v in tensors.items() if k.endswith(".base_layer.weight")}
     try:
         _copy_base_weights(model, base_rows, path)
-        copy_into(model, adapter_name, {k: v for k, v in tensors.items() if k not in base_rows}, strict=True, source=str(path))
+        copy_into(model, config, adapter_name, {k: v for k, v in tensors.items() if k not in base_rows}, strict=True, source=str(path))
     except BaseException:
         delete_adapter(model, adapter_name)
         raise
