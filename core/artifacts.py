@@ -83,6 +83,7 @@ def save_adapter(
             if base_name(full_name) in record.train_full:
                 tensors[f"scalpel.full.{base_name(full_name)}"] = p.detach()
 
+    base_model = base_model if base_model is not None else describe_base_model(model)
     trainable, total = count_parameters(model)
     peft = next((method_for(c).peft_config for c in record.configs if method_for(c).peft_config), None)
     adapter_config = peft(record.configs[0], model, name) if peft and len(record.configs) == 1 else {
@@ -159,6 +160,15 @@ def load_adapter(
         raise
     set_active_adapter(model, name)
     return model
+
+
+def describe_base_model(model: nn.Module) -> dict[str, Any]:
+    """How to rebuild a Hugging Face transformers base (``scalpel adapter merge`` uses it):
+    ``{"name_or_path": <dir or hub id>, "class": "transformers.<ModelClass>"}``; ``{}`` otherwise."""
+    name_or_path = getattr(getattr(model, "config", None), "_name_or_path", "")
+    if not name_or_path or not type(model).__module__.startswith("transformers."):
+        return {}
+    return {"name_or_path": str(name_or_path), "class": f"transformers.{type(model).__name__}"}
 
 
 def check_base_matches(current: list[tuple[str, tuple[int, ...]]], recorded: dict[str, Any], path: Path) -> None:

@@ -120,7 +120,6 @@ def peft_adapter_config(config: LoraConfig, model: nn.Module, adapter_name: str)
     return {
         "peft_type": "LORA",
         "task_type": None,
-        "base_model_name_or_path": None,
         "revision": None,
         "inference_mode": True,
         "r": config.r,
