@@ -173,6 +173,12 @@ class SparseRegrowth:
         missing = [n for n in self.layers if f"indices.{n}" not in state]
         if missing:
             raise ScalpelError(f"the regrowth state lacks layers {missing[:3]}; it belongs to another run")
+        wrong = [n for n, g in self.layers.items() if state[f"indices.{n}"].shape != g.layer.indices(self.adapter).shape]
+        if wrong:
+            raise ScalpelError(
+                f"the regrowth state has other entry counts for layers {wrong[:3]} than this model; "
+                "rebuild the adapter from the same checkpoint before resuming"
+            )
         self.regrowths, self.changed = int(state["regrowths"]), int(state["changed"])
         for name, g in self.layers.items():
             g.layer.indices(self.adapter).copy_(state[f"indices.{name}"])
