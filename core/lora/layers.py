@@ -75,6 +75,8 @@ class Dora:
 
 
 PLAIN, DORA = PlainLora(), Dora()
+#: Layer types whose forward is exactly ``ops.forward_with_weight`` (no hooks into subclasses).
+_FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @dataclass
@@ -155,14 +157,32 @@ class LoraLayer(nn.Module):
 
     # ------------------------------------------------------------------- forward
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
-        result = self.base_layer(x, *args, **kwargs)
         name = self.active_adapter
         if name is None or self.merged:
-            return result
+            return self.base_layer(x, *args, **kwargs)
+        if not (self.training or torch.is_grad_enabled() or args or kwargs):
+            folded = self._inference_forward(x)
+            if folded is not None:
+                return folded
+        result = self.base_layer(x, *args, **kwargs)
         A = self.factors(name)[0]
         if x.is_floating_point() and x.dtype != A.dtype:
             x = x.to(A.dtype)
         return self.specs[name].variant.forward(self, name, x, result)
+
+    def _inference_forward(self, x: Tensor) -> Tensor | None:
+        """Inference without autograd: one base op with ``W0 + s ΔW`` (DoRA: its merged
+        weight) built on the fly, when that is cheaper than the branch. The stored weights
+        stay unmerged, so adapters still switch freely."""
+        name, base = self.active_adapter, self.base_layer
+        if type(base) not in _FOLDABLE and self.ops.type_name != "Conv1D":
+            return None
+        if base._forward_hooks or base._forward_pre_hooks or not x.is_floating_point() or x.dtype != base.weight.dtype:
+            return None
+        if not self.ops.folds_in_inference(base, x):
+            return None
+        weight = self.specs[name].variant.merged_weight(self, name, base.weight)
+        return self.ops.forward_with_weight(base, x, weight.to(base.weight.dtype))
 
     # --------------------------------------------------------------------- merge
     def merge(self) -> None:

@@ -78,6 +78,15 @@ class LinearOps:
     def bias_view(self, bias: Tensor, ndim: int) -> Tensor:
         return bias
 
+    def folds_in_inference(self, base: nn.Module, x: Tensor) -> bool:
+        """Fold ``W0 + s ΔW`` once instead of running the branch when that is cheaper:
+        ``r (in + out)`` per row of ``x`` against ``r in out`` once (plus an ``in x out`` add)."""
+        fin, fout = self.features(base)
+        return (x.numel() // max(fin, 1)) * (fin + fout) >= fin * fout
+
+    def forward_with_weight(self, base: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(x, weight, base.bias)
+
 
 class GPT2Conv1DOps(LinearOps):
     """transformers' GPT-2 ``Conv1D``: ``y = x W + b`` with ``W: (in, out)`` ("fan_in_fan_out");
@@ -99,6 +108,10 @@ class GPT2Conv1DOps(LinearOps):
 
     def scale_weight(self, weight: Tensor, factor: Tensor) -> Tensor:
         return weight * factor.view(1, -1)
+
+    def forward_with_weight(self, base: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
+        out = torch.addmm(base.bias, x.reshape(-1, x.shape[-1]), weight)
+        return out.view(*x.shape[:-1], weight.shape[1])
 
 
 class EmbeddingOps:
@@ -145,6 +158,9 @@ class EmbeddingOps:
 
     def bias_view(self, bias: Tensor, ndim: int) -> Tensor:
         return bias
+
+    def folds_in_inference(self, base: nn.Module, x: Tensor) -> bool:
+        return False  # a lookup touches few rows; folding would rebuild the whole table
 
 
 class ConvOps:
@@ -211,6 +227,16 @@ class ConvOps:
 
     def bias_view(self, bias: Tensor, ndim: int) -> Tensor:
         return bias.view(1, -1, *([1] * (ndim - 2)))
+
+    def folds_in_inference(self, base: nn.Module, x: Tensor) -> bool:
+        """Same rule as for ``nn.Linear``, with one "row" per output position (estimated
+        from the input size and stride) and ``in = in_channels * prod(kernel)``."""
+        positions = x.shape[0] * math.prod(x.shape[2:]) // math.prod(base.stride)
+        fin = base.in_channels * math.prod(base.kernel_size)
+        return positions * (fin + base.out_channels) >= fin * base.out_channels
+
+    def forward_with_weight(self, base: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
+        return base._conv_forward(x, weight, base.bias)
 
 
 def _init_a(A: Tensor, init: str, r: int) -> None:
