@@ -6,8 +6,8 @@ round by round and reported as ratios (never absolute times):
 
 - train step time, ours / peft (forward + backward + AdamW step, median of rounds);
 - peak memory, ours / peft: on CUDA ``max_memory_allocated`` over a step; on CPU the
-  bytes autograd keeps for backward (unique storages, via ``saved_tensors_hooks``),
-  the part of training memory that the adapter layers control;
+  peak of live bytes replayed from the profiler's allocation records; and the bytes
+  autograd keeps for backward (unique storages, via ``saved_tensors_hooks``);
 - inference (eval, no grad): ours unmerged / base and merged / base, PEFT's alike.
 
 Goals (issue 2): step time and memory <= PEFT's; merged = base; unmerged <= 1.10x base.
@@ -134,9 +134,23 @@ def saved_bytes(model, inputs) -> int:
     return sum(seen.values())
 
 
+def profiled_peak(model, inputs) -> int:
+    """Peak of live CPU bytes over one training step, from the profiler's per-op
+    allocation records replayed in start order (frees counted where they happen)."""
+    step = train_step_timer(model, inputs)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        step()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
 def peak_memory(model, inputs, device) -> int:
     if device.type != "cuda":
-        return saved_bytes(model, inputs)
+        return profiled_peak(model, inputs)
     step = train_step_timer(model, inputs)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -162,6 +176,7 @@ def run_case(case: Case, rounds: int, repeats: int, device) -> dict[str, float]:
     inputs = {k: v.to(device) for k, v in case.batch().items()}
     ours, theirs = make_ours(case).to(device), make_peft(case).to(device)
     mem_ours, mem_peft = peak_memory(ours, inputs, device), peak_memory(theirs, inputs, device)
+    saved = saved_bytes(ours, inputs) / saved_bytes(theirs, inputs)
 
     steps = {"ours": train_step_timer(ours, inputs), "peft": train_step_timer(theirs, inputs)}
     base = case.build().to(device).eval()
@@ -184,6 +199,7 @@ def run_case(case: Case, rounds: int, repeats: int, device) -> dict[str, float]:
     return {
         "step": ratio("ours", "peft"),
         "memory": mem_ours / mem_peft,
+        "saved": saved,
         "ours_unmerged": ratio("infer_ours", "base"),
         "peft_unmerged": ratio("infer_peft", "base"),
         "ours_merged": ratio("ours_merged", "base"),
@@ -194,12 +210,13 @@ def run_case(case: Case, rounds: int, repeats: int, device) -> dict[str, float]:
 
 def table(rows: list[tuple[str, dict[str, float]]], memory_kind: str) -> str:
     lines = [
-        "| model | trainable | step time ours/peft | memory ours/peft | unmerged/base ours (peft) | merged/base ours (peft) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | trainable | step time ours/peft | peak memory ours/peft | saved for backward ours/peft "
+        "| unmerged/base ours (peft) | merged/base ours (peft) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in rows:
         lines.append(
-            f"| {name} | {r['trainable']:,} | {r['step']:.2f} | {r['memory']:.2f} | "
+            f"| {name} | {r['trainable']:,} | {r['step']:.2f} | {r['memory']:.2f} | {r['saved']:.2f} | "
             f"{r['ours_unmerged']:.2f} ({r['peft_unmerged']:.2f}) | {r['ours_merged']:.2f} ({r['peft_merged']:.2f}) |"
         )
     lines.append("")
@@ -227,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         rows.append((case.name, run_case(case, rounds, repeats, device)))
         print(f"  {case.name}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    memory_kind = "CUDA max_memory_allocated over one step" if device.type == "cuda" else "bytes saved for backward (CPU)"
+    memory_kind = (
+        "peak memory is CUDA max_memory_allocated over one step"
+        if device.type == "cuda"
+        else "peak memory is the peak of live CPU bytes over one step, replayed from the torch profiler's allocation records"
+    ) + "; saved for backward counts the bytes autograd keeps between forward and backward (each storage once)"
     command = "python benchmarks/lora_vs_peft.py" + (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads != 1 else "") + (f" --device {args.device}" if device.type == "cuda" else "")
     import peft
 

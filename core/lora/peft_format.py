@@ -199,7 +199,7 @@ def read_peft_lora(model: nn.Module, adapter_config: dict[str, Any], path: Path,
         rank_pattern={k: int(v) for k, v in (adapter_config.get("rank_pattern") or {}).items()},
         alpha_pattern={k: float(v) for k, v in (adapter_config.get("alpha_pattern") or {}).items()},
         targets="|".join(re.escape(m) for m in modules),
-        modules_to_save=tuple(adapter_config.get("modules_to_save") or ()),
+        modules_to_save=tuple(e for e in adapter_config.get("modules_to_save") or () if _names_module(e, present)),
     )
     from scalpel.core.methods import apply
 
@@ -214,6 +214,11 @@ def read_peft_lora(model: nn.Module, adapter_config: dict[str, Any], path: Path,
         delete_adapter(model, adapter_name)
         raise
     return model
+
+
+def _names_module(entry: str, names: set[str]) -> bool:
+    # PEFT lists head names it merely tries (a SEQ_CLS task adds both "classifier" and "score").
+    return any(n == entry or n.endswith("." + entry) for n in names)
 
 
 def _copy_base_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:

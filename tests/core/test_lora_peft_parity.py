@@ -129,3 +129,18 @@ def test_saved_keys_and_config_are_peft_s(tmp_path):
     assert config["peft_type"] == "LORA" and config["use_dora"] is True
     assert config["target_modules"][0] == "bert.embeddings.word_embeddings"
     assert config["modules_to_save"] == ["classifier"]
+
+
+def test_a_peft_sequence_classification_adapter_loads(tmp_path):
+    """PEFT's SEQ_CLS task lists both "classifier" and "score" as modules_to_save."""
+    base, logits = _bert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, target_modules=["query"], task_type="SEQ_CLS"))
+        _randomize(theirs)
+        theirs.eval()
+        expected = logits(theirs)
+        theirs.save_pretrained(tmp_path)
+    ours = sc.load_adapter(copy.deepcopy(base), tmp_path)
+    _same(logits(ours), expected)
+    assert "classifier.modules_to_save.default.weight" in sc.trainable_parameters(ours)
