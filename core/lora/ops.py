@@ -90,7 +90,11 @@ class LinearOps:
 
 class GPT2Conv1DOps(LinearOps):
     """transformers' GPT-2 ``Conv1D``: ``y = x W + b`` with ``W: (in, out)`` ("fan_in_fan_out");
-    ``ΔW = (B A)^T``. Only the weight layout differs from ``nn.Linear``."""
+    ``ΔW = (B A)^T``. Only the weight layout differs from ``nn.Linear``.
+
+    A subclass, against the house habit, on purpose: these ops objects are stateless
+    tables of functions, and restating the six identical ones would hide the four that differ.
+    """
 
     type_name = "Conv1D"
 

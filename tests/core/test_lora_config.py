@@ -115,3 +115,10 @@ def test_lora_twice_under_one_adapter_name_is_refused():
     model = sc.apply(Net(), LoraConfig(targets="query"))
     with pytest.raises(sc.ScalpelError, match="already has LoRA"):
         sc.apply(model, LoraConfig(targets="value"))
+
+
+def test_all_linear_on_gpt2_takes_conv1d_and_leaves_the_lm_head():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2, n_positions=16)
+    names = [n for n, _ in find_targets(transformers.GPT2LMHeadModel(config), LoraConfig(targets="all-linear"))]
+    assert names == ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"]
