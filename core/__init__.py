@@ -64,3 +64,7 @@ __all__ = [
     "trainable_parameters",
     "unmerge",
 ]
+
+from scalpel.core.layerwise.blocks import block_map  # noqa: E402  (after the method registry it builds on)
+
+__all__ += ["block_map"]
