@@ -1,8 +1,7 @@
 """Budgets: how many entries to train, and which ones, from importance scores.
 
 ``k`` is ``count`` or ``round(density * n)`` for ``n`` targeted entries (at least one).
-``"global"`` allocation keeps the ``k`` highest scores over all targeted weights (exact,
-streamed layer by layer so memory stays ``O(k + largest layer)``); ``"per_layer"``
+``"global"`` allocation keeps the ``k`` highest scores over all targeted weights (exact); ``"per_layer"``
 gives weight ``l`` ``k_l`` entries proportional to its size ``n_l`` (largest-remainder
 rounding, so ``sum k_l == k`` exactly) and keeps its own ``k_l`` highest scores.
 """
@@ -67,19 +66,15 @@ def select_indices(scores: dict[str, Tensor], k: int, allocation: str) -> dict[s
 
 
 def _global_top_k(flat: dict[str, Tensor], k: int) -> dict[str, Tensor]:
+    """One top-k over all scores (they are all in memory already, so concatenating them
+    costs one more copy and is several times faster than merging per layer)."""
     names = list(flat)
     device = flat[names[0]].device
-    best = torch.empty(0, device=device)
-    owner = torch.empty(0, dtype=torch.int64, device=device)
-    position = torch.empty(0, dtype=torch.int64, device=device)
+    sizes = [flat[n].numel() for n in names]
+    keep = torch.topk(torch.cat([flat[n].to(device) for n in names]), k, sorted=False).indices.sort().values
+    bounds = torch.tensor([0, *sizes], device=device).cumsum(0)
+    out = {}
     for layer, name in enumerate(names):
-        s = flat[name].to(device)
-        best = torch.cat([best, s])
-        owner = torch.cat([owner, torch.full((s.numel(),), layer, dtype=torch.int64, device=device)])
-        position = torch.cat([position, torch.arange(s.numel(), device=device)])
-        if best.numel() > k:
-            keep = torch.topk(best, k, sorted=False).indices
-            best, owner, position = best[keep], owner[keep], position[keep]
-    return {
-        name: position[owner == layer].sort().values.to(flat[name].device) for layer, name in enumerate(names)
-    }
+        lo, hi = torch.searchsorted(keep, bounds[layer]), torch.searchsorted(keep, bounds[layer + 1])
+        out[name] = (keep[lo:hi] - bounds[layer]).to(flat[name].device)
+    return out

@@ -24,13 +24,17 @@ _NEVER = ("NonDynamicallyQuantizableLinear",)
 
 
 def weight_modules(model: nn.Module) -> dict[str, tuple[str, nn.Module, nn.Module]]:
-    """Every module a sparse delta could adapt, by base name (``.base_layer`` removed):
-    ``(current path, module or its SparseDeltaLayer, the plain module)``. Tied weights
-    appear once, under the first name."""
+    """Every module a sparse delta can adapt, by base name (``.base_layer`` removed):
+    ``(current path, module or its SparseDeltaLayer, the plain module)``.
+
+    A weight shared by several modules (tied input and output embeddings) is left out:
+    a delta on one of them would change the weight for that module only until merged,
+    and for every one of them after, so merged and unmerged models would disagree.
+    """
     found: dict[str, tuple[str, nn.Module, nn.Module]] = {}
+    uses: dict[int, int] = {}
     inner_of_sparse: set[int] = set()
-    seen_weights: set[int] = set()
-    for path, module in model.named_modules():
+    for path, module in model.named_modules(remove_duplicate=False):
         if id(module) in inner_of_sparse or adapter_of(f"{path}.weight") is not None:
             continue  # the inside of a sparse wrapper, or another method's per-adapter copy
         if isinstance(module, SparseDeltaLayer):
@@ -41,11 +45,11 @@ def weight_modules(model: nn.Module) -> dict[str, tuple[str, nn.Module, nn.Modul
         else:
             plain = module
         weight = getattr(plain, "_parameters", {}).get("weight")
-        if weight is None or id(weight) in seen_weights or type(plain).__name__ in _NEVER:
+        if weight is None or type(plain).__name__ in _NEVER:
             continue
-        seen_weights.add(id(weight))
+        uses[id(weight)] = uses.get(id(weight), 0) + 1
         found[base_name(path)] = (path, module, plain)
-    return found
+    return {n: e for n, e in found.items() if uses[id(e[2].weight)] == 1}
 
 
 def find_targets(model: nn.Module, config: SparseConfig) -> dict[str, tuple[str, nn.Module, nn.Module]]:
@@ -70,7 +74,8 @@ def find_targets(model: nn.Module, config: SparseConfig) -> dict[str, tuple[str,
         sample = ", ".join(f"{n} ({type(e[2]).__name__})" for n, e in list(candidates.items())[:8])
         raise TargetNotFoundError(
             f"no module matches targets={config.targets!r}, target_types={list(config.target_types)}, "
-            f"blocks={list(config.blocks)}, exclude={config.exclude!r}; modules with weights include: {sample}"
+            f"blocks={list(config.blocks)}, exclude={config.exclude!r} (tied weights are never adapted); "
+            f"modules with weights include: {sample}"
         )
     return chosen
 

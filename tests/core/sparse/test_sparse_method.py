@@ -7,7 +7,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import scalpel.core as sc
 from scalpel.core.cli import main as cli_main
-from scalpel.core.errors import BaseModelMismatchError, ScalpelError
+from scalpel.core.errors import BaseModelMismatchError, ScalpelError, TargetNotFoundError
 from scalpel.core.sparse import SparseConfig, SparseDeltaLayer, sparse_layers
 
 MLP = r"intermediate\.dense|layer\.\d+\.output\.dense"
@@ -126,7 +126,7 @@ def test_a_second_sparse_config_under_one_adapter_is_refused():
         sc.apply(model, SparseConfig(count=10, scorer="magnitude", targets=r"query"))
 
 
-def test_tied_weights_are_adapted_once_and_mha_out_proj_is_skipped():
+def test_tied_weights_and_mha_out_proj_are_never_adapted():
     class Tied(nn.Module):
         def __init__(self):
             super().__init__()
@@ -134,10 +134,13 @@ def test_tied_weights_are_adapted_once_and_mha_out_proj_is_skipped():
             self.head = nn.Linear(4, 10, bias=False)
             self.head.weight = self.emb.weight
             self.attn = nn.MultiheadAttention(4, 1)
+            self.other = nn.Linear(4, 4)
 
     model = Tied()
     sc.apply(model, SparseConfig(count=5, scorer="magnitude", target_types=("Embedding", "Linear")))
-    assert list(sparse_layers(model, "default")) == ["emb"]
+    assert list(sparse_layers(model, "default")) == ["other"]
+    with pytest.raises(TargetNotFoundError, match="tied"):
+        sc.apply(Tied(), SparseConfig(count=5, scorer="magnitude", targets="emb|head"))
 
 
 def test_lora_on_attention_and_sparse_on_mlp_under_one_adapter(tmp_path):
@@ -159,3 +162,31 @@ def test_lora_on_attention_and_sparse_on_mlp_under_one_adapter(tmp_path):
     torch.testing.assert_close(_logits(loaded, IDS), trained)
     merged = sc.merge(loaded)
     torch.testing.assert_close(_logits(merged, IDS), trained, rtol=1e-5, atol=1e-5)
+
+
+def test_gpt2_conv1d_and_tied_embeddings_train_and_merge_exactly():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2)).eval()
+    ids = torch.randint(0, 40, (2, 8))
+    base = model(input_ids=ids).logits.detach()
+    sc.apply(model, SparseConfig(density=0.05, scorer="gradient", target_types=("Conv1D", "Embedding")),
+             data=[{"input_ids": ids, "labels": ids}])
+    adapted = sparse_layers(model, "default")
+    assert "transformer.wpe" in adapted  # tied wte / lm_head are left alone, see weight_modules
+    assert "transformer.wte" not in adapted and "lm_head" not in adapted
+    assert adapted["transformer.h.0.attn.c_attn"].kind == "conv1d"
+    assert torch.equal(model(input_ids=ids).logits, base)
+    _train_lm(model, ids)
+    trained = model(input_ids=ids).logits.detach()
+    assert not torch.equal(trained, base)
+    assert torch.equal(sc.merge(model)(input_ids=ids).logits, trained)
+
+
+def _train_lm(model, ids, steps=3):
+    optimizer = torch.optim.AdamW(sc.trainable_parameters(model).values(), lr=1e-2)
+    for _ in range(steps):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
