@@ -1,0 +1,1 @@
+"""DICOM: scan folders into series, load them as MONAI MetaTensors, align labels, de-identify."""

@@ -1,0 +1,299 @@
+"""De-identification: the DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile.
+
+Every attribute of Table E.1-1 (see :mod:`scalpel.medical.dicom.annex_e`) is removed,
+emptied, replaced by a dummy or, for UIDs, replaced consistently, at every nesting
+depth; private attributes are removed unless listed as safe. Options (PS3.15 E.3):
+
+- ``retain_longitudinal_dates``: Retain Longitudinal Temporal Information with Modified
+  Dates - dates are shifted by a whole number of days that is the same for every file of
+  a patient (derived from the key and the patient ID), times are kept.
+- ``retain_device_identity``: device serial numbers, station names, ... are kept.
+- ``clean_descriptors``: descriptions and comments are kept with the patient's names, IDs,
+  dates and long digit runs taken out (a text filter: review free text before release).
+
+Replacements are keyed by a secret (``key``): the same input UID always gives the same
+output UID (``2.25.<uuid>`` from a hash of key and UID), the same patient the same
+pseudonym and date shift, so studies and series stay grouped, and runs with the same key
+stay consistent with each other. Without a key a random one is used for the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
+
+from scalpel.core.config import raise_if_problems
+from scalpel.medical.dicom.annex_e import (
+    BASIC_PROFILE_TAGS,
+    CLEAN_DESCRIPTORS,
+    NOT_LONGITUDINAL,
+    OPTION_CODES,
+    RETAIN_DEVICE_IDENTITY,
+    repeating_group_action,
+    resolve,
+)
+
+#: Non-zero-length dummy values for the D action, by VR.
+_DUMMY = {
+    "PN": "ANONYMIZED", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "LT": "ANONYMIZED", "ST": "ANONYMIZED",
+    "UT": "ANONYMIZED", "UC": "ANONYMIZED", "CS": "ANONYMIZED", "AE": "ANONYMIZED", "DA": "19000101",
+    "TM": "000000", "DT": "19000101000000", "AS": "000Y", "IS": "0", "DS": "0",
+}
+_NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
+_REMOVED_TEXT = "[removed]"
+
+
+@dataclass(frozen=True)
+class DeidOptions:
+    """How to de-identify (PS3.15 Annex E Basic Profile plus options)."""
+
+    retain_longitudinal_dates: bool = field(default=False, metadata={"help": "shift dates by a per-patient offset instead of removing them"})
+    """Retain Longitudinal Temporal Information, Modified Dates Option."""
+    max_date_shift_days: int = field(default=365, metadata={"help": "dates move back by 1..N days (per patient)"})
+    retain_device_identity: bool = field(default=False, metadata={"help": "keep device serial numbers and station names"})
+    clean_descriptors: bool = field(default=False, metadata={"help": "keep descriptions/comments with identifiers taken out"})
+    safe_private_tags: tuple[str, ...] = field(default=(), metadata={"help": "private tags to keep, as 'gggg,CREATOR,ee'"})
+    """Private attributes kept (Retain Safe Private Option): ``"gggg,PRIVATE CREATOR,ee"`` with
+    ``ee`` the element's last two hex digits within the creator's block, e.g. ``"0019,SIEMENS MR HEADER,0C"``."""
+    allow_burned_in_annotation: bool = field(default=False, metadata={"help": "process files flagged BurnedInAnnotation=YES"})
+    """Files flagged BurnedInAnnotation=YES carry text in their pixels; pixel redaction is out
+    of scope, so they are refused unless this is set (and you have checked them)."""
+    key: str | None = field(default=None, metadata={"help": "secret for consistent UIDs/pseudonyms across runs"})
+    strict: bool = field(default=False, metadata={"help": "stop at the first unreadable file"})
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_date_shift_days < 1:
+            problems.append(f"max_date_shift_days must be >= 1, got {self.max_date_shift_days}")
+        for entry in self.safe_private_tags:
+            if _parse_safe(entry) is None:
+                problems.append(f"safe private tag {entry!r} is not 'gggg,CREATOR,ee' with an odd group, e.g. '0019,SIEMENS MR HEADER,0C'")
+        raise_if_problems("de-identification options", problems)
+
+    def method_codes(self) -> list[tuple[str, str]]:
+        chosen = ["basic"]
+        chosen += ["clean_descriptors"] if self.clean_descriptors else []
+        chosen += ["retain_longitudinal_modified_dates"] if self.retain_longitudinal_dates else []
+        chosen += ["retain_device_identity"] if self.retain_device_identity else []
+        chosen += ["retain_safe_private"] if self.safe_private_tags else []
+        return [OPTION_CODES[c] for c in chosen]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One attribute changed in one file: what and how, never the value."""
+
+    tag: str  # "(0010,0010)"
+    keyword: str
+    action: str  # removed, emptied, dummy, uid-replaced, pseudonymized, date-shifted, cleaned, private-removed, added
+
+
+class Pseudonyms:
+    """Deterministic replacements under one secret key (HMAC-SHA256)."""
+
+    def __init__(self, key: str | None, max_shift_days: int = 365):
+        self.key = (key or secrets.token_hex(32)).encode()
+        self.max_shift_days = max_shift_days
+        self._uids: dict[str, str] = {}
+
+    def _digest(self, kind: str, value: str) -> bytes:
+        return hmac.new(self.key, f"{kind}\0{value}".encode(), hashlib.sha256).digest()
+
+    def uid(self, uid: str) -> str:
+        if uid not in self._uids:  # 2.25.<128-bit int> (PS3.5 B.2), a function of key and input UID
+            self._uids[uid] = generate_uid(prefix=None, entropy_srcs=[self._digest("uid", uid).hex()])
+        return self._uids[uid]
+
+    def patient(self, patient_id: str) -> str:
+        return "ANON-" + self._digest("patient", patient_id).hex()[:12].upper()
+
+    def date_shift(self, patient_id: str) -> timedelta:
+        """Move dates back by 1..max days, the same for every file of the patient."""
+        return -timedelta(days=1 + int.from_bytes(self._digest("shift", patient_id)[:8], "big") % self.max_shift_days)
+
+
+def deidentify_dataset(ds: Dataset, options: DeidOptions, pseudonyms: Pseudonyms) -> list[Change]:
+    """De-identify ``ds`` in place; return what changed (no values)."""
+    patient = str(ds.get("PatientID", "") or "") or str(ds.get("PatientName", "") or "")
+    context = _Context(options, pseudonyms, patient, _identifying_strings(ds))
+    changes: list[Change] = []
+    _walk(ds, context, changes)
+    pseudonym = pseudonyms.patient(patient)
+    for keyword in ("PatientID", "PatientName"):  # Z allows a dummy: a pseudonym keeps a patient's studies together
+        setattr(ds, keyword, pseudonym)
+        changes.append(Change(_tag_text(ds[keyword].tag), keyword, "pseudonymized"))
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "SOPInstanceUID" in ds:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    _mark(ds, options, changes)
+    return changes
+
+
+@dataclass
+class _Context:
+    options: DeidOptions
+    pseudonyms: Pseudonyms
+    patient: str
+    identifying: list[str]
+    safe: set[tuple[int, str, int]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.safe = {s for s in (_parse_safe(e) for e in self.options.safe_private_tags) if s is not None}
+
+
+def _walk(ds: Dataset, ctx: _Context, changes: list[Change]) -> None:
+    for elem in list(ds):
+        tag = int(elem.tag)
+        if elem.tag.is_private:
+            if not _is_safe_private(elem, ctx.safe):
+                del ds[elem.tag]
+                changes.append(Change(_tag_text(tag), "", "private-removed"))
+            continue
+        keyword, action = BASIC_PROFILE_TAGS.get(tag, (elem.keyword, repeating_group_action(tag)))
+        if action is None:
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    _walk(item, ctx, changes)
+            continue
+        if ctx.options.retain_device_identity and keyword in RETAIN_DEVICE_IDENTITY:
+            continue
+        if ctx.options.clean_descriptors and keyword in CLEAN_DESCRIPTORS and elem.VR != "SQ":
+            _clean(elem, ctx)
+            changes.append(Change(_tag_text(tag), keyword, "cleaned"))
+            continue
+        if ctx.options.retain_longitudinal_dates and elem.VR in ("DA", "DT", "TM") and keyword not in NOT_LONGITUDINAL:
+            if elem.VR != "TM":  # whole-day shifts leave times as they are
+                changes.append(Change(_tag_text(tag), keyword, _shift(elem, ctx)))
+            continue
+        changes.append(Change(_tag_text(tag), keyword, _apply(ds, elem, resolve(keyword, action), ctx, changes)))
+
+
+def _apply(ds: Dataset, elem: DataElement, action: str, ctx: _Context, changes: list[Change]) -> str:
+    if action == "X":
+        del ds[elem.tag]
+        return "removed"
+    if action == "R":
+        for item in elem.value:
+            _walk(item, ctx, changes)
+        return "references-kept"
+    if action == "U":
+        if elem.VR != "UI":
+            del ds[elem.tag]
+            return "removed"
+        values = elem.value if elem.VM > 1 else [elem.value]
+        mapped = [ctx.pseudonyms.uid(str(v)) for v in values if v]
+        elem.value = mapped if elem.VM > 1 else (mapped[0] if mapped else "")
+        return "uid-replaced"
+    if action == "D" and elem.VR in _DUMMY:
+        elem.value = _DUMMY[elem.VR][: 16 if elem.VR in ("SH", "CS", "AE") else None]
+        return "dummy"
+    _empty(elem)
+    return "emptied"
+
+
+def _empty(elem: DataElement) -> None:
+    if elem.VR == "SQ":
+        elem.value = Sequence()
+    elif elem.VR in _NUMERIC_VRS or elem.VR.startswith("O") or elem.VR == "UN":
+        elem.value = None
+    else:
+        elem.value = ""
+
+
+def _shift(elem: DataElement, ctx: _Context) -> str:
+    shift = ctx.pseudonyms.date_shift(ctx.patient)
+    values = list(elem.value) if elem.VM > 1 else [elem.value]
+    out = []
+    for v in values:
+        text = str(v or "")
+        try:
+            day = date(int(text[:4]), int(text[4:6]), int(text[6:8])) + shift
+        except (ValueError, IndexError):
+            _empty(elem)
+            return "emptied"
+        out.append(day.strftime("%Y%m%d") + text[8:])
+    elem.value = out if elem.VM > 1 else out[0]
+    return "date-shifted"
+
+
+def _identifying_strings(ds: Dataset) -> list[str]:
+    """Text that must not survive in cleaned descriptions: names (and their parts), IDs, dates."""
+    found: set[str] = set()
+    for keyword in ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
+                    "PatientMotherBirthName", "AccessionNumber", "PatientBirthDate", "ReferringPhysicianName",
+                    "PerformingPhysicianName", "OperatorsName", "InstitutionName", "PatientAddress", "StudyID"):
+        value = ds.get(keyword)
+        for v in value if isinstance(value, (MultiValue, list)) else [value]:
+            text = str(v or "").strip()
+            if text:
+                found.add(text)
+                found.update(p for p in re.split(r"[\^\s=,]+", text) if len(p) >= 3)
+    return sorted(found, key=len, reverse=True)
+
+
+def _clean(elem: DataElement, ctx: _Context) -> None:
+    def clean_text(text: str) -> str:
+        for secret in ctx.identifying:
+            text = re.sub(re.escape(secret), _REMOVED_TEXT, text, flags=re.IGNORECASE)
+        text = re.sub(r"\d{5,}", _REMOVED_TEXT, text)  # IDs, phone numbers
+        return re.sub(r"\b\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}\b", _REMOVED_TEXT, text)  # written dates
+
+    if elem.VM > 1:
+        elem.value = [clean_text(str(v)) for v in elem.value]
+    elif isinstance(elem.value, (str, bytes)) or elem.value is not None:
+        elem.value = clean_text(str(elem.value))
+
+
+def _mark(ds: Dataset, options: DeidOptions, changes: list[Change]) -> None:
+    """PatientIdentityRemoved, DeidentificationMethod(+CodeSequence), LongitudinalTemporalInformationModified."""
+    ds.PatientIdentityRemoved = "YES"
+    codes = options.method_codes()
+    ds.DeidentificationMethod = ("DICOM PS3.15 Annex E: " + "; ".join(m for _, m in codes) + " (scalpel)")[:64]
+    items = []
+    for value, meaning in codes:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
+    ds.LongitudinalTemporalInformationModified = "MODIFIED" if options.retain_longitudinal_dates else "REMOVED"
+    for keyword in ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+                    "LongitudinalTemporalInformationModified"):
+        changes.append(Change(_tag_text(ds[keyword].tag), keyword, "added"))
+
+
+def _parse_safe(entry: str) -> tuple[int, str, int] | None:
+    parts = [p.strip() for p in str(entry).split(",")]
+    if len(parts) != 3:
+        return None
+    try:
+        group, offset = int(parts[0], 16), int(parts[2], 16)
+    except ValueError:
+        return None
+    if group % 2 == 0 or not parts[1] or not 0 <= offset <= 0xFF:
+        return None
+    return group, parts[1], offset
+
+
+def _is_safe_private(elem: DataElement, safe: set[tuple[int, str, int]]) -> bool:
+    if not safe:
+        return False
+    group, element = elem.tag.group, elem.tag.element
+    if 0x10 <= element <= 0xFF:  # a private creator: keep it if any of its block is kept
+        return any(g == group and c == str(elem.value).strip() for g, c, _ in safe)
+    creator = getattr(elem, "private_creator", None)
+    return creator is not None and (group, str(creator).strip(), element & 0xFF) in safe
+
+
+def _tag_text(tag: int) -> str:
+    return f"({int(tag) >> 16:04X},{int(tag) & 0xFFFF:04X})"

@@ -1,0 +1,338 @@
+"""Scan a folder of DICOM files and group them into patients, studies and series.
+
+Files are found recursively under any names (a DICOMDIR, if present, is just one more
+file and is not needed). A series (SeriesInstanceUID) is split further where its images
+differ in orientation, echo or acquisition, because such images do not stack into one
+volume; localizers (scouts) are dropped and reported with the reason. Headers only are
+read here (pixel data is skipped), in parallel threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from scalpel.core.errors import DataError
+
+#: Media Storage Directory (DICOMDIR) SOP class: an index, not an image.
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+SEGMENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+#: Orientation cosines are compared after rounding to this many decimals.
+_ORIENTATION_DECIMALS = 3
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """What the scan learnt from one image file's header (no pixel data was read)."""
+
+    path: Path
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    modality: str
+    description: str
+    rows: int
+    columns: int
+    frames: int
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient (6 cosines) or None
+    position: tuple[float, float, float] | None  # ImagePositionPatient of the first frame
+    pixel_spacing: tuple[float, float] | None  # (row spacing, column spacing) in mm
+    echo: str
+    acquisition: str
+    instance_number: int | None
+    image_type: tuple[str, ...]
+    transfer_syntax: str
+
+
+@dataclass
+class Series:
+    """Images that stack into one volume (one SeriesInstanceUID, one orientation/echo/acquisition)."""
+
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    modality: str
+    description: str
+    files: list[ImageFile]
+    split: str = ""  # why this is a part of a SeriesInstanceUID, e.g. "echo 2"
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.series_uid + (f" [{self.split}]" if self.split else "")
+
+    @property
+    def n_images(self) -> int:
+        return sum(f.frames for f in self.files)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(columns, rows, images): the spatial shape :func:`load_series` returns."""
+        return (self.files[0].columns, self.files[0].rows, self.n_images)
+
+    def spacing(self) -> tuple[float, float, float] | None:
+        """(column, row, slice) spacing in mm from the headers, or None if unknown."""
+        first = self.files[0]
+        if first.pixel_spacing is None:
+            return None
+        gaps = _position_gaps(self.files)
+        step = float(np.median(gaps)) if len(gaps) else 0.0
+        return (first.pixel_spacing[1], first.pixel_spacing[0], step)
+
+
+@dataclass
+class Inventory:
+    """Everything found under a folder: series to load, and what was skipped, dropped or broken."""
+
+    root: Path
+    series: list[Series] = field(default_factory=list)
+    non_dicom: list[Path] = field(default_factory=list)  # skipped: not DICOM at all
+    non_image: list[tuple[Path, str]] = field(default_factory=list)  # DICOMDIR, SR, RT, SEG ... (path, SOP class)
+    dropped: list[tuple[Path, str]] = field(default_factory=list)  # localizers, ... (path, reason)
+    errors: list[tuple[Path, str]] = field(default_factory=list)  # unreadable DICOM (path, message)
+
+    def patients(self) -> dict[str, dict[str, list[Series]]]:
+        """patient ID -> study UID -> series."""
+        out: dict[str, dict[str, list[Series]]] = defaultdict(lambda: defaultdict(list))
+        for s in self.series:
+            out[s.patient_id][s.study_uid].append(s)
+        return {p: dict(studies) for p, studies in out.items()}
+
+    def segmentations(self) -> list[Path]:
+        return [p for p, sop in self.non_image if sop == SEGMENTATION_SOP_CLASS]
+
+    def find(self, text: str) -> Series:
+        """The one series whose key or description contains ``text``."""
+        hits = [s for s in self.series if text in s.key or text == s.description]
+        if len(hits) != 1:
+            raise DataError(f"{len(hits)} series match {text!r} under {self.root}; give a longer part of the SeriesInstanceUID")
+        return hits[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "patients": {
+                patient: {
+                    study: [
+                        {
+                            "series": s.key,
+                            "modality": s.modality,
+                            "description": s.description,
+                            "files": len(s.files),
+                            "shape": list(s.shape),
+                            "spacing": list(s.spacing() or []),
+                            "problems": s.problems,
+                        }
+                        for s in series
+                    ]
+                    for study, series in studies.items()
+                }
+                for patient, studies in self.patients().items()
+            },
+            "non_dicom_skipped": len(self.non_dicom),
+            "non_image": [[str(p), pydicom.uid.UID(sop).name] for p, sop in self.non_image],
+            "dropped": [[str(p), why] for p, why in self.dropped],
+            "errors": [[str(p), why] for p, why in self.errors],
+        }
+
+
+def scan_folder(path: str | os.PathLike, *, strict: bool = False, workers: int | None = None) -> Inventory:
+    """Read every DICOM header under ``path`` and group the images into series.
+
+    Args:
+        path: a folder (searched recursively) or a single file.
+        strict: raise on the first unreadable DICOM file instead of recording it in
+            ``Inventory.errors``.
+        workers: reader threads (default: up to 8).
+
+    Returns:
+        An :class:`Inventory`. Non-DICOM files are skipped and counted; they never raise.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{root} does not exist; give a folder of DICOM files")
+    paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    inventory = Inventory(root=root)
+    with ThreadPoolExecutor(max_workers=workers or min(8, max(1, len(paths)))) as pool:
+        results = list(pool.map(_read_header, paths))
+    images: list[ImageFile] = []
+    for p, kind, value in results:
+        if kind == "image":
+            images.append(value)
+        elif kind == "non_dicom":
+            inventory.non_dicom.append(p)
+        elif kind == "non_image":
+            inventory.non_image.append((p, value))
+        else:
+            if strict:
+                raise DataError(value)
+            inventory.errors.append((p, value))
+    inventory.series = _group(images, inventory.dropped)
+    return inventory
+
+
+def _read_header(path: Path) -> tuple[Path, str, Any]:
+    try:
+        ds = pydicom.dcmread(path, defer_size=1024)
+    except InvalidDicomError:
+        return path, "non_dicom", None
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return path, "error", f"{path}: not a readable DICOM file ({type(err).__name__}: {err}); it may be truncated, copy it again"
+    try:
+        sop_class = str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
+        if sop_class == DICOMDIR_SOP_CLASS or sop_class == SEGMENTATION_SOP_CLASS:
+            return path, "non_image", sop_class
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            if "Rows" in ds:  # an image object whose pixels are missing
+                return path, "error", f"{path}: image header ({ds.get('Modality', '?')}) without pixel data; the export is incomplete, export the file again"
+            return path, "non_image", sop_class
+        return path, "image", _image_file(path, ds)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as err:
+        return path, "error", f"{path}: DICOM header has invalid values ({type(err).__name__}: {err})"
+
+
+def _image_file(path: Path, ds: pydicom.Dataset) -> ImageFile:
+    orientation, position, spacing = _geometry(ds)
+    number = ds.get("InstanceNumber")
+    return ImageFile(
+        path=path,
+        patient_id=str(ds.get("PatientID", "") or ""),
+        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+        series_uid=str(ds.get("SeriesInstanceUID", "") or f"no-series-uid:{path.parent}"),
+        sop_uid=str(ds.get("SOPInstanceUID", "")),
+        modality=str(ds.get("Modality", "") or ""),
+        description=str(ds.get("SeriesDescription", "") or ""),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        frames=int(ds.get("NumberOfFrames") or 1),
+        orientation=orientation,
+        position=position,
+        pixel_spacing=spacing,
+        echo=str(ds.get("EchoNumbers", "") or ""),
+        acquisition=str(ds.get("AcquisitionNumber", "") or ""),
+        instance_number=int(number) if number not in (None, "") else None,
+        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
+        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")),
+    )
+
+
+def _geometry(ds: pydicom.Dataset) -> tuple[tuple[float, ...] | None, tuple[float, float, float] | None, tuple[float, float] | None]:
+    """Orientation, first position and pixel spacing, from the top level or the functional groups."""
+    orientation, position, spacing = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("PixelSpacing")
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+    per_frame = (ds.get("PerFrameFunctionalGroupsSequence") or [None])[0]
+    for group in (g for g in (per_frame, shared) if g is not None):
+        if orientation is None and group.get("PlaneOrientationSequence"):
+            orientation = group.PlaneOrientationSequence[0].get("ImageOrientationPatient")
+        if position is None and group.get("PlanePositionSequence"):
+            position = group.PlanePositionSequence[0].get("ImagePositionPatient")
+        if spacing is None and group.get("PixelMeasuresSequence"):
+            spacing = group.PixelMeasuresSequence[0].get("PixelSpacing")
+    return (
+        tuple(round(float(v), _ORIENTATION_DECIMALS) + 0.0 for v in orientation) if orientation else None,
+        tuple(float(v) for v in position) if position else None,  # type: ignore[return-value]
+        (float(spacing[0]), float(spacing[1])) if spacing else None,
+    )
+
+
+def slice_normal(orientation: Iterable[float]) -> np.ndarray:
+    """Unit normal of the image plane: row direction x column direction (PS3.3 C.7.6.2.1.1)."""
+    o = np.asarray(list(orientation), dtype=np.float64)
+    normal = np.cross(o[:3], o[3:])
+    return normal / (np.linalg.norm(normal) or 1.0)
+
+
+def _position_gaps(files: list[ImageFile]) -> np.ndarray:
+    if len(files) < 2 or files[0].orientation is None or any(f.position is None for f in files):
+        return np.zeros(0)
+    along = np.sort([float(np.dot(f.position, slice_normal(files[0].orientation))) for f in files])  # type: ignore[arg-type]
+    return np.diff(along)
+
+
+def _group(images: list[ImageFile], dropped: list[tuple[Path, str]]) -> list[Series]:
+    kept = []
+    for f in images:
+        if "LOCALIZER" in f.image_type:
+            dropped.append((f.path, "localizer: ImageType contains LOCALIZER"))
+        else:
+            kept.append(f)
+    by_uid: dict[str, list[ImageFile]] = defaultdict(list)
+    for f in kept:
+        by_uid[f.series_uid].append(f)
+    series: list[Series] = []
+    for uid, files in by_uid.items():
+        series.extend(_split(uid, files, dropped))
+    for s in series:
+        s.problems.extend(_problems(s))
+    return sorted(series, key=lambda s: (s.patient_id, s.study_uid, s.series_uid, s.split))
+
+
+def _split(uid: str, files: list[ImageFile], dropped: list[tuple[Path, str]]) -> list[Series]:
+    """Split one SeriesInstanceUID by orientation, then echo, then acquisition (if positions repeat)."""
+    by_orientation: dict[Any, list[ImageFile]] = defaultdict(list)
+    for f in files:
+        by_orientation[f.orientation].append(f)
+    groups = sorted(by_orientation.values(), key=len, reverse=True)
+    if len(groups) > 1 and len(groups[0]) >= 3:
+        # A handful of images in another plane inside a stack: scouts acquired with the series.
+        for small in [g for g in groups[1:] if len(g) < 3]:
+            groups.remove(small)
+            for f in small:
+                dropped.append((f.path, f"localizer: {len(small)} image(s) in an orientation other than the {len(groups[0])} slices of series {uid}"))
+    parts: list[tuple[str, list[ImageFile]]] = []
+    for i, group in enumerate(groups):
+        label = f"orientation {i + 1}/{len(groups)}" if len(groups) > 1 else ""
+        for echo, by_echo in _split_by(group, lambda f: f.echo):
+            echo_label = f"echo {echo}" if echo is not None else ""
+            for acq, by_acq in _split_acquisitions(by_echo):
+                acq_label = f"acquisition {acq}" if acq is not None else ""
+                parts.append((", ".join(x for x in (label, echo_label, acq_label) if x), by_acq))
+    first = files[0]
+    return [
+        Series(uid, first.study_uid, first.patient_id, first.modality, first.description, part, split=label)
+        for label, part in parts
+    ]
+
+
+def _split_by(files: list[ImageFile], key) -> list[tuple[str | None, list[ImageFile]]]:
+    groups: dict[str, list[ImageFile]] = defaultdict(list)
+    for f in files:
+        groups[key(f)].append(f)
+    if len(groups) == 1:
+        return [(None, files)]
+    return sorted(groups.items())
+
+
+def _split_acquisitions(files: list[ImageFile]) -> list[tuple[str | None, list[ImageFile]]]:
+    # Split by AcquisitionNumber only when the same positions repeat (e.g. a dynamic series);
+    # many scanners number every slice of one stack as its own acquisition.
+    positions = [f.position for f in files if f.position is not None and f.frames == 1]
+    if len(set(positions)) == len(positions):
+        return [(None, files)]
+    return _split_by(files, lambda f: f.acquisition)
+
+
+def _problems(series: Series) -> list[str]:
+    problems = []
+    sizes = {(f.rows, f.columns) for f in series.files}
+    if len(sizes) > 1:
+        problems.append(f"images of different sizes (rows x columns: {', '.join(f'{r}x{c}' for r, c in sorted(sizes))})")
+    if any(f.orientation is None or f.position is None for f in series.files):
+        problems.append("no ImagePositionPatient/ImageOrientationPatient: slices are ordered by InstanceNumber and spacing is unknown")
+    gaps = _position_gaps(series.files)
+    if len(gaps):
+        if np.any(np.isclose(gaps, 0.0, atol=1e-3)):
+            problems.append("two or more images share one position (duplicates or an unsplit dynamic series)")
+        elif not np.allclose(gaps, np.median(gaps), rtol=0.01, atol=0.01):
+            problems.append(f"uneven slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm): a slice may be missing")
+    return problems
