@@ -33,7 +33,10 @@ class PlainLora:
         return layer.ops.add_branch(result, layer.base_layer, layer.dropped(x, spec), A, B, spec.scaling)
 
     def merged_weight(self, layer: LoraLayer, adapter: str, weight: Tensor) -> Tensor:
-        return weight + layer.delta_weight(adapter)
+        A, B = layer.factors(adapter)
+        if A.dtype != weight.dtype:
+            return weight + layer.delta_weight(adapter).to(weight.dtype)
+        return layer.ops.add_delta(weight, A, B, layer.specs[adapter].scaling)
 
 
 class Dora:

@@ -65,6 +65,10 @@ class LinearOps:
     def delta_weight(self, base: nn.Module, A: Tensor, B: Tensor) -> Tensor:
         return B @ A
 
+    def add_delta(self, weight: Tensor, A: Tensor, B: Tensor, scaling: float) -> Tensor:
+        """``W0 + s ΔW`` as one fused ``addmm`` (no separate ΔW and scaled copies)."""
+        return torch.addmm(weight, B, A, alpha=scaling)
+
     def base_output(self, base: nn.Module, x: Tensor) -> Tensor:
         return F.linear(x, base.weight)
 
@@ -103,6 +107,9 @@ class GPT2Conv1DOps(LinearOps):
 
     def delta_weight(self, base: nn.Module, A: Tensor, B: Tensor) -> Tensor:
         return (B @ A).t()
+
+    def add_delta(self, weight: Tensor, A: Tensor, B: Tensor, scaling: float) -> Tensor:
+        return torch.addmm(weight, A.t(), B.t(), alpha=scaling)  # (B A)^T = A^T B^T
 
     def base_output(self, base: nn.Module, x: Tensor) -> Tensor:
         return x @ base.weight
@@ -149,6 +156,9 @@ class EmbeddingOps:
 
     def delta_weight(self, base: nn.Module, A: Tensor, B: Tensor) -> Tensor:
         return (B @ A).t()
+
+    def add_delta(self, weight: Tensor, A: Tensor, B: Tensor, scaling: float) -> Tensor:
+        return torch.addmm(weight, A.t(), B.t(), alpha=scaling)
 
     def base_output(self, base: nn.Module, x: Tensor) -> Tensor:
         return base(x)
@@ -215,6 +225,10 @@ class ConvOps:
     def delta_weight(self, base: nn.Module, A: Tensor, B: Tensor) -> Tensor:
         r = A.shape[0]
         return (B.reshape(-1, r) @ A.reshape(r, -1)).reshape(base.weight.shape)
+
+    def add_delta(self, weight: Tensor, A: Tensor, B: Tensor, scaling: float) -> Tensor:
+        r, out = A.shape[0], weight.shape[0]
+        return torch.addmm(weight.reshape(out, -1), B.reshape(out, r), A.reshape(r, -1), alpha=scaling).view(weight.shape)
 
     def base_output(self, base: nn.Module, x: Tensor) -> Tensor:
         if base.padding_mode != "zeros":
