@@ -146,13 +146,16 @@ class Inventory:
         }
 
 
-def scan_folder(path: str | os.PathLike, *, strict: bool = False, workers: int | None = None) -> Inventory:
+def scan_folder(
+    path: str | os.PathLike, *, strict: bool = False, drop_localizers: bool = True, workers: int | None = None
+) -> Inventory:
     """Read every DICOM header under ``path`` and group the images into series.
 
     Args:
         path: a folder (searched recursively) or a single file.
         strict: raise on the first unreadable DICOM file instead of recording it in
             ``Inventory.errors``.
+        drop_localizers: leave out localizers/scouts (listed in ``Inventory.dropped`` with the reason).
         workers: reader threads (default: up to 8).
 
     Returns:
@@ -177,7 +180,7 @@ def scan_folder(path: str | os.PathLike, *, strict: bool = False, workers: int |
             if strict:
                 raise DataError(value)
             inventory.errors.append((p, value))
-    inventory.series = _group(images, inventory.dropped)
+    inventory.series = _group(images, inventory.dropped if drop_localizers else None)
     return inventory
 
 
@@ -193,7 +196,7 @@ def _read_header(path: Path) -> tuple[Path, str, Any]:
         if sop_class == DICOMDIR_SOP_CLASS or sop_class == SEGMENTATION_SOP_CLASS:
             return path, "non_image", sop_class
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-            if "Rows" in ds:  # an image object whose pixels are missing
+            if "Rows" in ds or "Image Storage" in pydicom.uid.UID(sop_class).name:  # an image without its pixels
                 return path, "error", f"{path}: image header ({ds.get('Modality', '?')}) without pixel data; the export is incomplete, export the file again"
             return path, "non_image", sop_class
         return path, "image", _image_file(path, ds)
@@ -239,7 +242,7 @@ def _geometry(ds: pydicom.Dataset) -> tuple[tuple[float, ...] | None, tuple[floa
         if spacing is None and group.get("PixelMeasuresSequence"):
             spacing = group.PixelMeasuresSequence[0].get("PixelSpacing")
     return (
-        tuple(round(float(v), _ORIENTATION_DECIMALS) + 0.0 for v in orientation) if orientation else None,
+        tuple(float(v) for v in orientation) if orientation else None,
         tuple(float(v) for v in position) if position else None,  # type: ignore[return-value]
         (float(spacing[0]), float(spacing[1])) if spacing else None,
     )
@@ -259,10 +262,10 @@ def _position_gaps(files: list[ImageFile]) -> np.ndarray:
     return np.diff(along)
 
 
-def _group(images: list[ImageFile], dropped: list[tuple[Path, str]]) -> list[Series]:
+def _group(images: list[ImageFile], dropped: list[tuple[Path, str]] | None) -> list[Series]:
     kept = []
     for f in images:
-        if "LOCALIZER" in f.image_type:
+        if dropped is not None and "LOCALIZER" in f.image_type:
             dropped.append((f.path, "localizer: ImageType contains LOCALIZER"))
         else:
             kept.append(f)
@@ -277,13 +280,14 @@ def _group(images: list[ImageFile], dropped: list[tuple[Path, str]]) -> list[Ser
     return sorted(series, key=lambda s: (s.patient_id, s.study_uid, s.series_uid, s.split))
 
 
-def _split(uid: str, files: list[ImageFile], dropped: list[tuple[Path, str]]) -> list[Series]:
+def _split(uid: str, files: list[ImageFile], dropped: list[tuple[Path, str]] | None) -> list[Series]:
     """Split one SeriesInstanceUID by orientation, then echo, then acquisition (if positions repeat)."""
     by_orientation: dict[Any, list[ImageFile]] = defaultdict(list)
-    for f in files:
-        by_orientation[f.orientation].append(f)
+    for f in files:  # rounded: scanners write the same plane with tiny differences
+        key = tuple(round(v, _ORIENTATION_DECIMALS) + 0.0 for v in f.orientation) if f.orientation else None
+        by_orientation[key].append(f)
     groups = sorted(by_orientation.values(), key=len, reverse=True)
-    if len(groups) > 1 and len(groups[0]) >= 3:
+    if dropped is not None and len(groups) > 1 and len(groups[0]) >= 3:
         # A handful of images in another plane inside a stack: scouts acquired with the series.
         for small in [g for g in groups[1:] if len(g) < 3]:
             groups.remove(small)

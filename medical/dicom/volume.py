@@ -91,6 +91,9 @@ def load_series(
     headers = [pydicom.dcmread(f.path, stop_before_pixels=True) for f in series.files] if _needs_frame_geometry(series) else None
     frames = _frames(series, headers)
     ordered, has_geometry = _sort(frames)
+    problems = list(series.problems)
+    # Sorts ``ordered`` along the slice normal when the geometry is known.
+    lps = _lps_affine(series, ordered, problems) if has_geometry else _fallback_affine(series, problems)
     with ThreadPoolExecutor(max_workers=workers or min(8, len(series.files))) as pool:
         pixels = list(pool.map(lambda f: _read_pixels(f, invert_monochrome1_values), series.files))
     stack = np.stack([pixels[fr.file_index][0][fr.frame_index] for fr in ordered])  # (Z, rows, cols[, 3])
@@ -101,8 +104,6 @@ def load_series(
     array = stack[..., None] if stack.ndim == 3 else stack
     array = np.ascontiguousarray(array.transpose(3, 2, 1, 0))  # (C, cols, rows, Z)
 
-    problems = list(series.problems)
-    lps = _lps_affine(series, ordered, problems) if has_geometry else _fallback_affine(series, problems)
     ras = LPS_TO_RAS @ lps
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     sop_uids = [series.files[fr.file_index].sop_uid for fr in ordered]
