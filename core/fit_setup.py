@@ -84,14 +84,20 @@ def build_optimizer(model: nn.Module, param_groups: Sequence[dict[str, Any]] | N
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Turn on activation recomputation (non-reentrant, so frozen inputs need no grad hack)."""
-    enable = getattr(model, "gradient_checkpointing_enable", None)
-    if enable is None:
+    # transformers >= 5 renamed it activation_checkpointing_enable (the old name warns)
+    kwargs = {"use_reentrant": False}
+    if callable(getattr(model, "activation_checkpointing_enable", None)):
+        enable, call = model.activation_checkpointing_enable, {"activation_checkpointing_kwargs": kwargs}
+    elif callable(getattr(model, "gradient_checkpointing_enable", None)):
+        enable, call = model.gradient_checkpointing_enable, {"gradient_checkpointing_kwargs": kwargs}
+    else:
         raise ScalpelError(
             f"{type(model).__name__} does not support gradient checkpointing (no gradient_checkpointing_enable "
-            "method); set gradient_checkpointing=False or wrap its blocks in torch.utils.checkpoint yourself"
+            "or activation_checkpointing_enable method); set gradient_checkpointing=False or wrap its blocks in "
+            "torch.utils.checkpoint yourself"
         )
     try:
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable(**call)
     except TypeError:
         enable()
     except ValueError as err:  # transformers: "does not support gradient checkpointing"
