@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import uuid
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -30,7 +31,6 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import generate_uid
 
 from scalpel.core.config import raise_if_problems
 from scalpel.medical.dicom.annex_e import (
@@ -111,8 +111,9 @@ class Pseudonyms:
         return hmac.new(self.key, f"{kind}\0{value}".encode(), hashlib.sha256).digest()
 
     def uid(self, uid: str) -> str:
-        if uid not in self._uids:  # 2.25.<128-bit int> (PS3.5 B.2), a function of key and input UID
-            self._uids[uid] = generate_uid(prefix=None, entropy_srcs=[self._digest("uid", uid).hex()])
+        if uid not in self._uids:  # 2.25.<UUID as an integer> (PS3.5 B.2), a function of key and input UID
+            name_based = uuid.UUID(bytes=self._digest("uid", uid)[:16], version=5)
+            self._uids[uid] = f"2.25.{name_based.int}"
         return self._uids[uid]
 
     def patient(self, patient_id: str) -> str:

@@ -89,10 +89,11 @@ def deidentify_folder(
     files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
     rows: list[tuple[str, ...]] = []
     lock = Lock()
+    reserved: set[Path] = set()
 
     def one(numbered: tuple[int, Path]) -> None:
         n, path = numbered
-        status, label, out, changes = _one_file(path, src, dst, n, options, pseudonyms, lock)
+        status, label, out, changes = _one_file(path, src, dst, n, options, pseudonyms, lock, reserved)
         with lock:
             if status == "written":
                 report.written.append(dst / out)
@@ -128,7 +129,9 @@ def _check_folders(src: Path, dst: Path) -> None:
         raise ScalpelError(f"output {dst} already exists and is not empty; choose a new folder so no earlier result is mixed in")
 
 
-def _one_file(path: Path, src: Path, dst: Path, n: int, options: DeidOptions, pseudonyms: Pseudonyms, lock: Lock):
+def _one_file(
+    path: Path, src: Path, dst: Path, n: int, options: DeidOptions, pseudonyms: Pseudonyms, lock: Lock, reserved: set[Path]
+):
     label = f"#{n}"
     try:
         ds = pydicom.dcmread(path)
@@ -157,11 +160,10 @@ def _one_file(path: Path, src: Path, dst: Path, n: int, options: DeidOptions, ps
             raise DataError(f"{path}: cannot be de-identified ({type(err).__name__}: {err})") from err
         return "error", label, "", f"cannot be de-identified ({type(err).__name__})"
     target = dst / out
-    with lock:
-        if target.exists():
+    with lock:  # reserve the name in memory: a placeholder on disk could outlive an interrupted run
+        if target.exists() or target in reserved:
             return "skipped", label, "", "duplicate SOPInstanceUID: already written from another file"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.touch()  # reserve the name; replaced atomically below
+        reserved.add(target)
     with atomic_write(target) as handle:
         handle.write(buffer.getvalue())
     return "written", label, out, changes

@@ -196,8 +196,11 @@ def _read_header(path: Path) -> tuple[Path, str, Any]:
         if sop_class == DICOMDIR_SOP_CLASS or sop_class == SEGMENTATION_SOP_CLASS:
             return path, "non_image", sop_class
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-            if "Rows" in ds or "Image Storage" in pydicom.uid.UID(sop_class).name:  # an image without its pixels
-                return path, "error", f"{path}: image header ({ds.get('Modality', '?')}) without pixel data; the export is incomplete, export the file again"
+            declared = {sop_class, str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))}
+            if "Rows" in ds or any("Image Storage" in pydicom.uid.UID(u).name for u in declared):  # an image without pixels
+                return path, "error", f"{path}: image header ({ds.get('Modality', '?')}) without pixel data; the file is truncated or the export incomplete, export it again"
+            if "SOPClassUID" not in ds:
+                return path, "error", f"{path}: DICOM file ends before its SOP Class UID and pixel data; it is probably truncated, copy it again"
             return path, "non_image", sop_class
         return path, "image", _image_file(path, ds)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as err:
