@@ -44,7 +44,7 @@ class LoraConfig:
     """Dropout probability on the input of the low-rank branch (not used for embeddings)."""
     use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised scaling alpha / sqrt(r)"})
     use_dora: bool = field(default=False, metadata={"help": "DoRA: learned magnitude over the weight's column norms"})
-    init: str = field(default="kaiming", metadata={"help": "init of A: kaiming (uniform) or gaussian; B starts at zero"})
+    init: str = field(default="kaiming", metadata={"help": "init of A: kaiming or gaussian; B starts at zero"})
     """``"kaiming"``: A ~ Kaiming-uniform(a=sqrt(5)); ``"gaussian"``: A ~ N(0, 1/r). B = 0, so the
     adapted model starts equal to the base (embeddings, as in PEFT: A = 0, B ~ N(0, 1))."""
     bias: str = field(default="none", metadata={"help": "train biases: none, lora_only (of adapted layers) or all"})

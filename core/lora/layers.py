@@ -116,7 +116,9 @@ class LoraLayer(nn.Module):
         self._unmerged_weight: Tensor | None = None  # exact copy of the base weight while merged
 
     # ------------------------------------------------------------------ adapters
-    def add_adapter(self, name: str, *, r: int, alpha: float, scaling: float, dropout: float, dora: bool, init: str) -> None:
+    def add_adapter(
+        self, name: str, *, r: int, alpha: float, scaling: float, dropout: float, dora: bool, init: str
+    ) -> None:
         if name in self.specs:
             raise ScalpelError(f"layer already has an adapter named {name!r}; delete it first or choose another name")
         A, B = self.ops.new_factors(self.base_layer, r)
@@ -127,7 +129,8 @@ class LoraLayer(nn.Module):
         a, b = self.factors(name)
         with torch.no_grad():
             self.ops.init_factors(a, b, init, r)
-        self.specs[name] = AdapterSpec(r, alpha, scaling, dropout if self.ops.uses_dropout else 0.0, DORA if dora else PLAIN)
+        dropout = dropout if self.ops.uses_dropout else 0.0
+        self.specs[name] = AdapterSpec(r, alpha, scaling, dropout, DORA if dora else PLAIN)
         self.specs[name].variant.init(self, name)
 
     def adapter_names(self) -> list[str]:
@@ -136,7 +139,8 @@ class LoraLayer(nn.Module):
     def delete_adapter(self, name: str) -> None:
         if self.merged and self.active_adapter == name:
             self.unmerge()
-        for store in (self.lora_A, self.lora_B, self.lora_embedding_A, self.lora_embedding_B, self.lora_magnitude_vector):
+        stores = (self.lora_A, self.lora_B, self.lora_embedding_A, self.lora_embedding_B, self.lora_magnitude_vector)
+        for store in stores:
             if name in store:
                 del store[name]
         del self.specs[name]
@@ -196,7 +200,8 @@ class LoraLayer(nn.Module):
         with torch.no_grad():
             self._unmerged_weight = weight.detach().clone()
             spec = self.specs[self.active_adapter]
-            merged = spec.variant.merged_weight(self, self.active_adapter, weight.float() if weight.dtype in (torch.float16, torch.bfloat16) else weight)
+            exact = weight.float() if weight.dtype in (torch.float16, torch.bfloat16) else weight  # fold in fp32
+            merged = spec.variant.merged_weight(self, self.active_adapter, exact)
             weight.copy_(merged.to(weight.dtype))
         self.merged = True
 

@@ -93,7 +93,8 @@ def find_targets(model: nn.Module, config: LoraConfig, skip: list[str] = ()) -> 
             continue
         if ops is None:
             if not list(base.children()):  # a leaf the user named that LoRA cannot adapt
-                problems.append(f"{name} is a {type(base).__name__}, which LoRA cannot adapt; adjust targets or exclude")
+                kind = type(base).__name__
+                problems.append(f"{name} is a {kind}, which LoRA cannot adapt; adjust targets or exclude")
             continue
         if getattr(base, "groups", 1) > 1:
             problems.append(
@@ -132,7 +133,9 @@ def _trained_biases(model: nn.Module, config: LoraConfig, target_names: list[str
         return set()
     from scalpel.core.delta import adapter_of, base_name
 
-    biases = {base_name(n) for n, _ in model.named_parameters() if adapter_of(n) is None and n.rsplit(".", 1)[-1] == "bias"}
+    biases = {
+        base_name(n) for n, _ in model.named_parameters() if adapter_of(n) is None and n.rsplit(".", 1)[-1] == "bias"
+    }
     if config.bias == "all":
         return biases
     return {f"{t}.bias" for t in target_names} & biases
@@ -184,5 +187,7 @@ def lora_layers(model: nn.Module, adapter_name: str) -> list[tuple[str, LoraLaye
 
 
 def saved_modules(model: nn.Module, adapter_name: str) -> list[tuple[str, ModulesToSave]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSave) and adapter_name in m.modules_to_save]
+    return [
+        (n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSave) and adapter_name in m.modules_to_save
+    ]
 

@@ -29,12 +29,12 @@ from torch import Tensor, nn
 
 
 def _add_linear_branch(result: Tensor, ax: Tensor, B: Tensor, scaling: float) -> Tensor:
-    """``result + scaling * ax @ B^T``, in place as one fused ``addmm`` when shapes and dtypes
-    allow: no extra output-sized temporaries (the base output is not saved for backward)."""
-    if result.dtype == ax.dtype == B.dtype and result.is_contiguous():
-        flat = result.view(-1, result.shape[-1])
-        flat.addmm_(ax.reshape(-1, ax.shape[-1]), B.t(), alpha=scaling)
-        return result
+    """``result + scaling * ax @ B^T`` as one fused ``addmm``: one output allocation instead
+    of three (branch, scaled branch, sum). Not in place: an in-place op on a view of the
+    base output would make autograd rebuild the whole output gradient (``CopySlices``)."""
+    if result.dtype == ax.dtype == B.dtype:
+        out = torch.addmm(result.reshape(-1, result.shape[-1]), ax.reshape(-1, ax.shape[-1]), B.t(), alpha=scaling)
+        return out.view(result.shape)
     return result + F.linear(ax, B).to(result.dtype) * scaling
 
 
@@ -146,7 +146,9 @@ class EmbeddingOps:
         nn.init.normal_(B)
 
     def _lookup(self, base: nn.Module, x: Tensor, A: Tensor) -> Tensor:
-        return F.embedding(x, A.t(), base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse)
+        return F.embedding(
+            x, A.t(), base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse
+        )
 
     def add_branch(self, result: Tensor, base: nn.Module, x: Tensor, A: Tensor, B: Tensor, scaling: float) -> Tensor:
         return _add_linear_branch(result, self._lookup(base, x, A), B, scaling)
@@ -196,7 +198,7 @@ class ConvOps:
         return base.in_channels, base.out_channels
 
     def new_factors(self, base: nn.Module, r: int) -> tuple[nn.Module, nn.Module]:
-        cls = type(base) if type(base) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) else {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[self.dims]
+        cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[self.dims]  # plain factors even under a subclass
         kw = {"device": base.weight.device, "dtype": base.weight.dtype}
         A = cls(base.in_channels, r, base.kernel_size, base.stride, base.padding, base.dilation, bias=False,
                 padding_mode=base.padding_mode, **kw)
@@ -228,7 +230,8 @@ class ConvOps:
 
     def add_delta(self, weight: Tensor, A: Tensor, B: Tensor, scaling: float) -> Tensor:
         r, out = A.shape[0], weight.shape[0]
-        return torch.addmm(weight.reshape(out, -1), B.reshape(out, r), A.reshape(r, -1), alpha=scaling).view(weight.shape)
+        flat = torch.addmm(weight.reshape(out, -1), B.reshape(out, r), A.reshape(r, -1), alpha=scaling)
+        return flat.view(weight.shape)
 
     def base_output(self, base: nn.Module, x: Tensor) -> Tensor:
         if base.padding_mode != "zeros":

@@ -65,7 +65,8 @@ def lora_state_dict(model: nn.Module, adapter_name: str) -> dict[str, torch.Tens
     }
     # Biases are also base parameters the adapter trains in full, which artifacts.py saves as
     # `scalpel.full.<name>`; a copy here keeps the PEFT key without sharing storage.
-    tensors.update({PREFIX + n: p.detach().clone() for n, p in _bias_parameters(model, lora_config_of(model, adapter_name), adapter_name).items()})
+    biases = _bias_parameters(model, lora_config_of(model, adapter_name), adapter_name)
+    tensors.update({PREFIX + n: p.detach().clone() for n, p in biases.items()})
     return tensors
 
 
@@ -76,7 +77,15 @@ def load_lora(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Ten
     return model
 
 
-def copy_into(model: nn.Module, config: LoraConfig, adapter_name: str, tensors: dict[str, torch.Tensor], *, strict: bool, source: str = "the adapter") -> None:
+def copy_into(
+    model: nn.Module,
+    config: LoraConfig,
+    adapter_name: str,
+    tensors: dict[str, torch.Tensor],
+    *,
+    strict: bool,
+    source: str = "the adapter",
+) -> None:
     """Copy saved tensors into the adapter's parameters; with ``strict``, every tensor must be used."""
     wanted: dict[str, nn.Parameter] = {}
     for name, p in model.named_parameters():
@@ -86,7 +95,9 @@ def copy_into(model: nn.Module, config: LoraConfig, adapter_name: str, tensors: 
     biases = {PREFIX + n: p for n, p in _bias_parameters(model, config, adapter_name).items()}
     missing = sorted(k for k in wanted if k not in tensors)
     if missing:
-        raise AdapterError(f"{source} lacks tensor {missing[0]!r} ({len(missing)} missing); it is incomplete or for another model")
+        raise AdapterError(
+            f"{source} lacks tensor {missing[0]!r} ({len(missing)} missing); it is incomplete or for another model"
+        )
     with torch.no_grad():
         for key, p in {**wanted, **{k: v for k, v in biases.items() if k in tensors}}.items():
             value = tensors[key]
@@ -209,7 +220,8 @@ def read_peft_lora(model: nn.Module, adapter_config: dict[str, Any], path: Path,
     base_rows = {k: v for k, v in tensors.items() if k.endswith(".base_layer.weight")}
     try:
         _copy_base_weights(model, base_rows, path)
-        copy_into(model, config, adapter_name, {k: v for k, v in tensors.items() if k not in base_rows}, strict=True, source=str(path))
+        lora_tensors = {k: v for k, v in tensors.items() if k not in base_rows}
+        copy_into(model, config, adapter_name, lora_tensors, strict=True, source=str(path))
     except BaseException:
         delete_adapter(model, adapter_name)
         raise
