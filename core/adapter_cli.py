@@ -40,7 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     merge_cmd.add_argument("--adapter", required=True, type=Path, help="adapter directory")
     merge_cmd.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
     merge_cmd.add_argument("--builder", help="module:callable returning the model, for a .safetensors base")
-    merge_cmd.add_argument("--base-class", help="transformers class, e.g. transformers.AutoModelForSequenceClassification")
+    merge_cmd.add_argument("--base-class", help="e.g. transformers.AutoModelForSequenceClassification")
     merge_cmd.set_defaults(handler=_merge)
 
 
