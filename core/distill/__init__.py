@@ -3,7 +3,7 @@
     from scalpel.core.distill import DistillationTask, build_student
     student = build_student(teacher, every=2)                  # or any model, adapted by any method
     task = DistillationTask(lm_task, teacher, loss="jsd", alpha=0.5, beta=0.5)
-    fit(student, task, train_loader, config=..., param_groups=task.param_groups())
+    fit(student, task, train_loader, config=..., param_groups=task.param_groups(student), hooks=(task,))
 
 Modules: :mod:`losses` (logit/token divergences, hints), :mod:`dense` (segmentation and
 detection), :mod:`objectives` (losses by name), :mod:`features` (hint capture and

@@ -1,7 +1,8 @@
 """Knowledge distillation as a task: wrap any task, add a frozen teacher.
 
     task = DistillationTask(ClassificationTask(), teacher, loss="kd", alpha=0.5, temperature=4.0)
-    result = fit(student, task, train_loader, eval_loader, config, param_groups=task.param_groups())
+    result = fit(student, task, train_loader, eval_loader, config,
+                 param_groups=task.param_groups(student), hooks=(task,))
 
 The student is whatever model ``fit`` trains: a smaller network, a student built with
 :func:`build_student`, or the teacher's own architecture adapted by LoRA, sparse or
@@ -20,8 +21,8 @@ and returns ``{"loss", "task_loss", "kd_loss", "hint_loss"?, **the wrapped task'
 The teacher never trains: it is put in eval mode with ``requires_grad=False``, runs
 under ``torch.no_grad()``, is moved to the student's device on the first step, and is
 not a registered submodule, so ``task.parameters()`` holds only the hint projections.
-Those *are* trained: pass :meth:`DistillationTask.param_groups` (or
-:meth:`extra_parameters`) to ``fit`` so the optimizer sees them.
+Those *are* trained: pass ``param_groups=task.param_groups(student)`` to ``fit`` so
+the optimizer sees them, and ``hooks=(task,)`` so checkpoints save and resume them.
 """
 
 from __future__ import annotations
@@ -145,10 +146,32 @@ class DistillationTask(nn.Module):
         """Parameters the task itself trains (hint projections); empty without projections."""
         return [p for p in self.projections.parameters() if p.requires_grad]
 
-    def param_groups(self, lr_scale: float = 1.0) -> list[dict[str, Any]]:
-        """``fit(..., param_groups=...)`` entries for :meth:`extra_parameters` (none if empty)."""
+    def param_groups(
+        self,
+        model: nn.Module | None = None,
+        *,
+        groups: Sequence[dict[str, Any]] | None = None,
+        lr_scale: float = 1.0,
+    ) -> list[dict[str, Any]]:
+        """``fit(..., param_groups=...)``: the student's groups plus one for the projections.
+
+        ``fit`` trains exactly the parameters in its groups, so the student's must be
+        there too: give the student (one group of its trainable parameters) or the
+        groups a method built (layer-wise LR decay, LoRA+). The projections' group,
+        with ``lr_scale``, is appended when there are projections.
+
+        Example:
+            >>> fit(student, task, data, config=cfg, param_groups=task.param_groups(student), hooks=(task,))
+        """
+        if (model is None) == (groups is None):
+            raise ScalpelError("param_groups needs the student model or the student's param groups (exactly one)")
+        base = list(groups) if groups is not None else [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
         extra = self.extra_parameters()
-        return [{"params": extra, "lr_scale": lr_scale}] if extra else []
+        return base + ([{"params": extra, "lr_scale": lr_scale}] if extra else [])
+
+    def after_step(self, step: int, model: nn.Module, optimizer: Any) -> None:
+        """Nothing per step: the task is a ``fit`` hook only so that checkpoints save and
+        resume its projections (through :meth:`state_dict` / :meth:`load_state_dict`)."""
 
     # ------------------------------------------------------------------ Task protocol
 

@@ -85,7 +85,8 @@ def test_teacher_is_frozen_and_gets_no_gradients():
     assert not teacher.training
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None for p in student.parameters())
-    assert list(task.parameters()) == [] and task.extra_parameters() == [] and task.param_groups() == []
+    assert list(task.parameters()) == [] and task.extra_parameters() == []
+    assert task.param_groups(student) == [{"params": list(student.parameters()), "lr_scale": 1.0}]
 
 
 def test_loss_is_the_alpha_mix_of_task_and_kd():
@@ -115,7 +116,11 @@ def test_hint_projection_is_trained_when_widths_differ():
     task = DistillationTask(ClassifyTask(), teacher, loss="kd", hints=[hint])
     params = task.extra_parameters()
     assert [tuple(p.shape) for p in params] == [(32, 8), (32,)]
-    assert task.param_groups(lr_scale=2.0) == [{"params": params, "lr_scale": 2.0}]
+    groups = task.param_groups(student, lr_scale=2.0)
+    assert groups == [{"params": list(student.parameters()), "lr_scale": 1.0}, {"params": params, "lr_scale": 2.0}]
+    assert task.param_groups(groups=groups[:1])[1:] == [{"params": params, "lr_scale": 1.0}]
+    with pytest.raises(ScalpelError, match="exactly one"):
+        task.param_groups()
     batch = {"x": torch.randn(5, 8), "y": torch.randint(0, 4, (5,))}
     out = task.step(student, batch)
     assert out["hint_loss"] > 0
@@ -248,3 +253,20 @@ def test_student_adapted_with_lora_trains_only_its_adapter():
     with_grad = {n for n, p in student.named_parameters() if p.grad is not None}
     assert with_grad and all("lora_" in n for n in with_grad)
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_fit_trains_the_student_and_the_projections_and_checkpoints_them(tmp_path):
+    fit_module = pytest.importorskip("scalpel.core.fit")
+    teacher, student = mlp(32), mlp(8)
+    task = DistillationTask(ClassifyTask(), teacher, loss="kd", hints=[FeatureHint("2", "2", student_dim=8, teacher_dim=32)])
+    batches = [{"x": torch.randn(8, 8), "y": torch.randint(0, 4, (8,))} for _ in range(4)]
+    before_student = [p.detach().clone() for p in student.parameters()]
+    before_proj = [p.detach().clone() for p in task.extra_parameters()]
+    teacher_before = [p.detach().clone() for p in teacher.parameters()]
+    config = fit_module.FitConfig(output_dir=str(tmp_path / "run"), max_steps=4, lr=1e-2, save_every=2, progress=False,
+                                  device="cpu", eval_at_epoch_end=False)
+    fit_module.fit(student, task, batches, None, config, param_groups=task.param_groups(student), hooks=(task,))
+    assert all(not torch.equal(a, b) for a, b in zip(before_student, student.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(before_proj, task.extra_parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters()))
+    assert any((tmp_path / "run" / "checkpoints").iterdir())
