@@ -85,6 +85,10 @@ def modality_values(stored: np.ndarray, ds: Dataset, frame_item: Dataset | None 
         frame_item: a per-frame or shared functional group item holding
             PixelValueTransformationSequence, for enhanced objects.
     """
+    if "RescaleSlope" in ds and not ds.get("ModalityLUTSequence"):
+        exact = _exact_in_float32(stored, ds.RescaleSlope, ds.get("RescaleIntercept", 0))
+        if exact is not None:
+            return exact
     if "RescaleSlope" in ds or ds.get("ModalityLUTSequence") or frame_item is None:
         return apply_modality_lut(stored, ds)
     transform = frame_item.get("PixelValueTransformationSequence")
@@ -94,6 +98,26 @@ def modality_values(stored: np.ndarray, ds: Dataset, frame_item: Dataset | None 
     shim.RescaleSlope = transform[0].get("RescaleSlope", 1.0)
     shim.RescaleIntercept = transform[0].get("RescaleIntercept", 0.0)
     return apply_modality_lut(stored, shim)
+
+
+def _exact_in_float32(stored: np.ndarray, slope, intercept) -> np.ndarray | None:
+    """``stored * slope + intercept`` in float32 when every value is an integer below 2**24, so
+    float32 holds it exactly and the result equals pydicom's float64 one cast to float32
+    (half the memory traffic). None when that cannot be guaranteed."""
+    try:
+        slope, intercept = float(slope), float(intercept)
+    except (TypeError, ValueError):
+        return None
+    if stored.dtype.kind not in "ui" or stored.dtype.itemsize > 2 or not (slope.is_integer() and intercept.is_integer()):
+        return None
+    if abs(slope) * 65536 + abs(intercept) >= 2**24:
+        return None
+    out = stored.astype(np.float32)
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if intercept != 0.0:
+        out += np.float32(intercept)
+    return out
 
 
 def invert_monochrome1(values: np.ndarray, ds: Dataset) -> np.ndarray:

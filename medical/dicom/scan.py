@@ -100,6 +100,8 @@ class Inventory:
     non_image: list[tuple[Path, str]] = field(default_factory=list)  # DICOMDIR, SR, RT, SEG ... (path, SOP class)
     dropped: list[tuple[Path, str]] = field(default_factory=list)  # localizers, ... (path, reason)
     errors: list[tuple[Path, str]] = field(default_factory=list)  # unreadable DICOM (path, message)
+    #: Whole datasets read by ``scan_folder(keep_datasets=True)``, so loading need not read them again.
+    datasets: dict[Path, pydicom.Dataset] = field(default_factory=dict, repr=False)
 
     def patients(self) -> dict[str, dict[str, list[Series]]]:
         """patient ID -> study UID -> series."""
@@ -147,7 +149,12 @@ class Inventory:
 
 
 def scan_folder(
-    path: str | os.PathLike, *, strict: bool = False, drop_localizers: bool = True, workers: int | None = None
+    path: str | os.PathLike,
+    *,
+    strict: bool = False,
+    drop_localizers: bool = True,
+    keep_datasets: bool = False,
+    workers: int | None = None,
 ) -> Inventory:
     """Read every DICOM header under ``path`` and group the images into series.
 
@@ -156,6 +163,8 @@ def scan_folder(
         strict: raise on the first unreadable DICOM file instead of recording it in
             ``Inventory.errors``.
         drop_localizers: leave out localizers/scouts (listed in ``Inventory.dropped`` with the reason).
+        keep_datasets: read whole files (pixels too) and keep them in ``Inventory.datasets``;
+            saves a second read when the series are loaded right away.
         workers: reader threads (default: up to 8).
 
     Returns:
@@ -167,11 +176,14 @@ def scan_folder(
     paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     inventory = Inventory(root=root)
     with ThreadPoolExecutor(max_workers=workers or min(8, max(1, len(paths)))) as pool:
-        results = list(pool.map(_read_header, paths))
+        results = list(pool.map(lambda p: _read_header(p, keep_datasets), paths))
     images: list[ImageFile] = []
     for p, kind, value in results:
         if kind == "image":
-            images.append(value)
+            image, ds = value
+            images.append(image)
+            if keep_datasets:
+                inventory.datasets[p] = ds
         elif kind == "non_dicom":
             inventory.non_dicom.append(p)
         elif kind == "non_image":
@@ -184,9 +196,9 @@ def scan_folder(
     return inventory
 
 
-def _read_header(path: Path) -> tuple[Path, str, Any]:
+def _read_header(path: Path, whole: bool = False) -> tuple[Path, str, Any]:
     try:
-        ds = pydicom.dcmread(path, defer_size=1024)
+        ds = pydicom.dcmread(path, defer_size=None if whole else 1024)
     except InvalidDicomError:
         return path, "non_dicom", None
     except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -202,7 +214,7 @@ def _read_header(path: Path) -> tuple[Path, str, Any]:
             if "SOPClassUID" not in ds:
                 return path, "error", f"{path}: DICOM file ends before its SOP Class UID and pixel data; it is probably truncated, copy it again"
             return path, "non_image", sop_class
-        return path, "image", _image_file(path, ds)
+        return path, "image", (_image_file(path, ds), ds)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as err:
         return path, "error", f"{path}: DICOM header has invalid values ({type(err).__name__}: {err})"
 

@@ -85,8 +85,9 @@ def load_series(
         ``space`` = "RAS", ``sop_instance_uids`` (in slice order), ``modality``,
         ``series_uid``, ``study_uid``, ``problems`` and ``filename_or_obj``.
     """
+    datasets: dict[Path, pydicom.Dataset] = {}
     if not isinstance(series, Series):
-        series = _only_series(Path(series))
+        series, datasets = _only_series(Path(series))
     _check_consistent(series)
     headers = [pydicom.dcmread(f.path, stop_before_pixels=True) for f in series.files] if _needs_frame_geometry(series) else None
     frames = _frames(series, headers)
@@ -95,14 +96,14 @@ def load_series(
     # Sorts ``ordered`` along the slice normal when the geometry is known.
     lps = _lps_affine(series, ordered, problems) if has_geometry else _fallback_affine(series, problems)
     with ThreadPoolExecutor(max_workers=workers or min(8, len(series.files))) as pool:
-        pixels = list(pool.map(lambda f: _read_pixels(f, invert_monochrome1_values), series.files))
+        pixels = list(pool.map(lambda f: _read_pixels(f, invert_monochrome1_values, datasets.get(f.path)), series.files))
     stack = np.stack([pixels[fr.file_index][0][fr.frame_index] for fr in ordered])  # (Z, rows, cols[, 3])
     first_ds = pixels[0][1]
     if window is not None:
         center, width = resolve_window(window, first_ds)
         stack = apply_window(stack, center, width)
     array = stack[..., None] if stack.ndim == 3 else stack
-    array = np.ascontiguousarray(array.transpose(3, 2, 1, 0))  # (C, cols, rows, Z)
+    array = array.transpose(3, 2, 1, 0)  # (C, cols, rows, Z): a strided view, as MONAI's readers return
 
     ras = LPS_TO_RAS @ lps
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
@@ -128,12 +129,12 @@ def load_series(
     return MetaTensor(torch.from_numpy(array).to(dtype), affine=torch.from_numpy(ras), meta=meta)
 
 
-def _only_series(path: Path) -> Series:
-    inventory = scan_folder(path)
+def _only_series(path: Path) -> tuple[Series, dict[Path, pydicom.Dataset]]:
+    inventory = scan_folder(path, keep_datasets=True)
     if len(inventory.series) != 1:
         found = "; ".join(f"{s.key} ({s.modality}, {len(s.files)} files)" for s in inventory.series) or "none"
         raise DataError(f"{path} holds {len(inventory.series)} series ({found}); scan it with scan_folder and pass one Series")
-    return inventory.series[0]
+    return inventory.series[0], inventory.datasets
 
 
 def _check_consistent(series: Series) -> None:
@@ -229,11 +230,11 @@ def _warn(problems: list[str], message: str) -> None:
     warnings.warn(message, SliceSpacingWarning, stacklevel=3)
 
 
-def _read_pixels(image, invert: bool) -> tuple[np.ndarray, pydicom.Dataset]:
+def _read_pixels(image, invert: bool, ds: pydicom.Dataset | None = None) -> tuple[np.ndarray, pydicom.Dataset]:
     """(frames, rows, cols[, 3]) modality values of one file, and its dataset (pixels dropped)."""
     path = image.path
     try:
-        ds = pydicom.dcmread(path)
+        ds = ds if ds is not None else pydicom.dcmread(path)
     except (OSError, EOFError, ValueError) as err:
         raise DataError(f"{path}: cannot read ({err}); the file may be truncated, copy it again") from err
     check_transfer_syntax(image.transfer_syntax, where=str(path))
