@@ -57,19 +57,23 @@ class _LayerGrowth:
         self.grow = 0  # how many candidates to pick at the end of this window
 
     def observe(self, grad: Tensor, last: bool) -> None:
-        """Fold one dense gradient ``[rows, cols]`` in; on the window's last step rank the candidates."""
+        """Fold one dense gradient ``[rows, cols]`` in; on the window's last step also rank the
+        candidates (again on each micro-batch under gradient accumulation, each ranking
+        including the earlier ones through the row/column maxima)."""
         square = grad.detach().float().reshape(self.rows, self.cols).square()
         estimate = torch.minimum(self.row[:, None], self.col[None, :]).add_(square)
         del square
-        if last:
+        self.row = torch.maximum(self.row, estimate.amax(1))
+        self.col = torch.maximum(self.col, estimate.amax(0))
+        if last and self.grow:
             flat = estimate.view(-1)
             flat[self.layer.indices(self.adapter)] = -math.inf
-            self.candidates = torch.topk(flat, self.grow, sorted=False).indices if self.grow else None
-            self.row.zero_()
-            self.col.zero_()
-        else:
-            self.row = torch.maximum(self.row, estimate.amax(1))
-            self.col = torch.maximum(self.col, estimate.amax(0))
+            self.candidates = torch.topk(flat, self.grow, sorted=False).indices
+
+    def reset(self) -> None:
+        self.row.zero_()
+        self.col.zero_()
+        self.candidates = None
 
 
 class SparseRegrowth:
@@ -143,7 +147,8 @@ class SparseRegrowth:
     def _regrow(self, optimizer: Any) -> None:
         state = _optimizer_state(optimizer)
         for growth in self.layers.values():
-            grown, growth.candidates = growth.candidates, None
+            grown = growth.candidates
+            growth.reset()
             if grown is None or grown.numel() == 0:
                 continue
             layer, n = growth.layer, grown.numel()

@@ -1,5 +1,7 @@
 """The sparse delta layer: exactness, gradients only for the k values, merge/unmerge."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -157,3 +159,48 @@ def test_bad_indices_are_refused_with_a_clear_error():
 def test_attribute_reads_fall_through_to_the_base():
     layer = SparseDeltaLayer(nn.Linear(3, 2))
     assert layer.in_features == 3 and layer.weight is layer.base_layer.weight
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_no_copy_of_the_weight_is_saved_for_backward(kind):
+    layer, base, x, _ = _wrapped(kind, 6)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(x.requires_grad_(True))
+    weight_sized = [t for t in saved if t.numel() == base.weight.numel()]
+    assert all(t.data_ptr() == base.weight.data_ptr() for t in weight_sized)  # the frozen weight itself, no W + delta
+    assert sum(t.numel() for t in saved) <= x.numel() + base.weight.numel() + 2 * 6
+    out.sum().backward()
+
+
+def test_sparse_adamw_makes_exactly_the_updates_of_dense_gradient_masking():
+    """The FISH reference trains dense weights and multiplies their gradients by a 0/1 mask;
+    with AdamW without weight decay that is the same training as the sparse delta."""
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
+    sparse = nn.Sequential(SparseDeltaLayer(copy.deepcopy(dense[0])), nn.Tanh(), SparseDeltaLayer(copy.deepcopy(dense[2])))
+    for p in list(dense.parameters()) + list(sparse.parameters()):
+        p.requires_grad_(False)
+    for i in (0, 2):
+        chosen = torch.randperm(dense[i].weight.numel())[:7]
+        sparse[i].add_adapter("a", chosen)
+        sparse[i].active_adapter = "a"
+        mask = torch.zeros(dense[i].weight.numel()).index_fill_(0, chosen, 1.0).view_as(dense[i].weight)
+        dense[i].weight.requires_grad_(True)
+        dense[i].weight.register_hook(lambda g, m=mask: g * m)
+    opt_dense = torch.optim.AdamW([dense[0].weight, dense[2].weight], lr=0.05, weight_decay=0.0)
+    opt_sparse = torch.optim.AdamW([sparse[0].values("a"), sparse[2].values("a")], lr=0.05, weight_decay=0.0)
+    for _ in range(5):
+        x, y = torch.randn(6, 5), torch.randint(0, 2, (6,))
+        for model, opt in ((dense, opt_dense), (sparse, opt_sparse)):
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+    for i in (0, 2):
+        sparse[i].merge()
+        torch.testing.assert_close(sparse[i].weight, dense[i].weight, rtol=1e-6, atol=1e-7)
