@@ -146,8 +146,8 @@ def fit(
         model, optimizer = accelerator.prepare(model, optimizer)
     if n_batches == 0:
         raise DataError("the training data has fewer batches than processes; give it more samples or use fewer processes")
-    unwrapped = accelerator.unwrap_model(model)
-    raw_optimizer = getattr(optimizer, "optimizer", optimizer)
+    trained.bind(accelerator, model, optimizer)
+    unwrapped, raw_optimizer = trained.model, trained.optimizer
     accum = config.grad_accum_steps
     steps_per_epoch = math.ceil(n_batches / accum)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
@@ -156,7 +156,7 @@ def fit(
 
     progress = Progress()
     if config.resume:
-        progress = trained.resume(run, accelerator, unwrapped, raw_optimizer, hooks, fingerprint) or progress
+        progress = trained.resume(run, hooks, fingerprint) or progress
     if main:
         run.truncate_metrics(progress.step)
         if progress.step == 0:
@@ -171,7 +171,7 @@ def fit(
     model.train()
     started = time.perf_counter() - progress.train_seconds
     window_start, window_losses, window_samples = time.perf_counter(), [], 0
-    eval_model = model if accelerator.distributed_type.name.startswith("FSDP") else unwrapped
+    eval_model = model if trained.fsdp else unwrapped
     stop = False
     while progress.step < total_steps and not stop:
         batches = open_epoch(train_data, progress.epoch, progress.step_in_epoch * accum, config.seed)
@@ -222,24 +222,24 @@ def fit(
                 _log(run, accelerator, {"step": progress.step, "epoch": progress.epoch, **{f"eval/{k}": v for k, v in metrics.items()}}, main)
                 stop = progress.record_eval(metrics, config)
                 if progress.best_step == progress.step:
-                    trained.save_best(run, accelerator, unwrapped, metrics, adapter_metadata)
+                    trained.save_best(run, metrics, adapter_metadata)
             if epoch_end:
                 progress.epoch += 1
                 progress.step_in_epoch = 0
             if config.save_every and (progress.step % config.save_every == 0 or progress.step == total_steps or stop):
-                trained.save_checkpoint(run, accelerator, unwrapped, raw_optimizer, hooks, progress, fingerprint, lr, config.keep_checkpoints)
+                trained.save_checkpoint(run, hooks, progress, fingerprint, lr, config.keep_checkpoints)
             if stop or epoch_end:
                 break
     bar.close()
 
     adapter_dir = None
     if eval_data is None or progress.best_step is None:
-        trained.save_best(run, accelerator, unwrapped, {}, adapter_metadata)
+        trained.save_best(run, {}, adapter_metadata)
     if progress.best_step is not None or eval_data is None:
         adapter_dir = run.adapter
     metrics = dict(progress.last_metrics)
     if config.load_best_at_end and progress.best_step is not None and progress.best_step != progress.step:
-        trained.load_best(run, accelerator, unwrapped)
+        trained.load_best(run)
         metrics = dict(progress.best_metrics)
     result = FitResult(
         run_dir=run.root, metrics=metrics, best_metric=progress.best_metric, best_step=progress.best_step,

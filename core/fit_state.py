@@ -96,26 +96,55 @@ def run_fingerprint(model: nn.Module, trained_names: Sequence[str], config: FitC
 class TrainedState:
     """The tensors a run changes: parameters in the optimizer (whether or not they need a
     gradient right now: LISA freezes and thaws blocks) and persistent buffers (BatchNorm
-    statistics move even in frozen layers)."""
+    statistics move even in frozen layers), with the checkpoints, best weights and adapter
+    made of them.
+
+    Under FSDP the parameters are sharded: reading and writing them goes through
+    ``torch.distributed.checkpoint.state_dict`` (full tensors, gathered on the CPU of the
+    main process), which is a collective, so every method here that touches tensors is
+    called on every process; only the main process writes files.
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
         ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
         self.names = [n for n, p in model.named_parameters() if id(p) in ids]
-        self.parameters = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def bind(self, accelerator, model: nn.Module, optimizer) -> None:
+        """Attach what ``accelerator.prepare`` returned (wrapped model, optimizer)."""
+        self.accelerator, self.wrapped = accelerator, model
+        self.model = accelerator.unwrap_model(model)
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer inside Accelerate's wrapper
+        self.parameters = [p for g in self.optimizer.param_groups for p in g["params"]]  # FSDP replaces them
+        self.fsdp = accelerator.distributed_type.name.startswith("FSDP")
+        self.main = accelerator.is_main_process
 
     # ------------------------------------------------------------------ tensors
 
-    def tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        params = dict(model.named_parameters())
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Trained tensors by name: complete on the main process (may be empty elsewhere)."""
+        if self.fsdp:
+            from scalpel.core.fit_fsdp import full_model_state
+
+            full = full_model_state(self.wrapped)
+            buffers = {n for n, _ in _persistent_buffers(self.model)}
+            return {k: v for k, v in full.items() if k in buffers or k in set(self.names)}
+        if not self.main:
+            return {}
+        params = dict(self.model.named_parameters())
         out = {n: params[n].detach() for n in self.names}
-        out.update(_persistent_buffers(model))
+        out.update(_persistent_buffers(self.model))
         return out
 
-    def load_tensors(self, model: nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
-        targets = {**dict(model.named_parameters()), **dict(_persistent_buffers(model))}
+    def load_tensors(self, tensors: dict[str, torch.Tensor], source: Path) -> None:
         missing = [n for n in self.names if n not in tensors]
         if missing:
             raise CheckpointError(f"{source} lacks trained tensor {missing[0]!r} ({len(missing)} missing); it belongs to another model")
+        if self.fsdp:
+            from scalpel.core.fit_fsdp import load_full_model_state
+
+            load_full_model_state(self.wrapped, tensors)
+            return
+        targets = {**dict(self.model.named_parameters()), **dict(_persistent_buffers(self.model))}
         with torch.no_grad():
             for name, value in tensors.items():
                 target = targets.get(name)
@@ -123,44 +152,61 @@ class TrainedState:
                     raise CheckpointError(f"{source} holds {name!r} {list(value.shape)} that this model lacks or shapes otherwise")
                 target.copy_(value)
 
+    def optimizer_state(self) -> dict[str, Any]:
+        if self.fsdp:
+            from scalpel.core.fit_fsdp import full_optimizer_state
+
+            return full_optimizer_state(self.wrapped, self.optimizer)
+        return self.optimizer.state_dict() if self.main else {}
+
+    def load_optimizer_state(self, state: dict[str, Any], source: Path) -> None:
+        try:
+            if self.fsdp:
+                from scalpel.core.fit_fsdp import load_full_optimizer_state
+
+                load_full_optimizer_state(self.wrapped, self.optimizer, state)
+            else:
+                self.optimizer.load_state_dict(state)
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"the optimizer state in {source} does not fit these parameter groups ({err}); it belongs to another run") from err
+
     # -------------------------------------------------------------- checkpoints
 
-    def save_checkpoint(self, run: RunDirectory, accelerator, model, optimizer, hooks, progress: Progress,
-                        fingerprint: dict[str, Any], lr: float, keep: int) -> None:
+    def save_checkpoint(self, run: RunDirectory, hooks, progress: Progress, fingerprint: dict[str, Any], lr: float, keep: int) -> None:
         from accelerate.utils import gather_object
 
+        accelerator = self.accelerator
         rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
-        if accelerator.is_main_process:
+        tensors, optimizer_state = self.tensors(), self.optimizer_state()
+        if self.main:
             state = {
                 "format": CHECKPOINT_FORMAT,
                 "fingerprint": fingerprint,
                 "world_size": accelerator.num_processes,
                 "progress": dataclasses.asdict(progress),
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": {"step": progress.step, "lr": lr},
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "rng": rngs,
                 "hooks": [_hook_state(h) for h in hooks],
             }
-            save_checkpoint(run.checkpoints, progress.step, self.tensors(model), state)
+            save_checkpoint(run.checkpoints, progress.step, tensors, state)
             prune_checkpoints(run.checkpoints, keep)
         accelerator.wait_for_everyone()
 
-    def resume(self, run: RunDirectory, accelerator, model, optimizer, hooks, fingerprint: dict[str, Any]) -> Progress | None:
+    def resume(self, run: RunDirectory, hooks, fingerprint: dict[str, Any]) -> Progress | None:
         """Restore the newest checkpoint, or return None (and start fresh) when there is none."""
+        accelerator = self.accelerator
         found = list_checkpoints(run.checkpoints)
         if not found:
-            if accelerator.is_main_process:
+            if self.main:
                 print(f"scalpel fit: no checkpoint in {run.checkpoints}, starting from step 0")
             return None
         path = found[-1]
         tensors, state = load_checkpoint(path)
         _check_fingerprint(state.get("fingerprint", {}), fingerprint, path)
-        self.load_tensors(model, tensors, path)
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as err:
-            raise CheckpointError(f"the optimizer state in {path} does not fit these parameter groups ({err}); it belongs to another run") from err
+        self.load_tensors(tensors, path)
+        self.load_optimizer_state(state["optimizer"], path)
         if state.get("scaler") and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(state["scaler"])
         saved_hooks = state.get("hooks", [])
@@ -171,7 +217,7 @@ class TrainedState:
             _load_hook_state(hook, hook_state, progress.step)
         rngs = state["rng"]
         set_rng_state(rngs[accelerator.process_index] if len(rngs) == accelerator.num_processes else rngs[0])
-        if accelerator.is_main_process:
+        if self.main:
             print(f"scalpel fit: resumed from {path} (step {progress.step}, epoch {progress.epoch})")
         return progress
 
@@ -182,26 +228,27 @@ class TrainedState:
 
     # -------------------------------------------------------------- best weights
 
-    def save_best(self, run: RunDirectory, accelerator, model, metrics: dict[str, float], metadata: dict[str, Any] | None) -> None:
+    def save_best(self, run: RunDirectory, metrics: dict[str, float], metadata: dict[str, Any] | None) -> None:
         """Keep the current weights as the best: ``checkpoints/best.safetensors`` (to restore them
-        at the end) and ``adapter/`` (a Scalpel adapter, or the trained tensors when the model
-        carries no adapter)."""
-        if accelerator.is_main_process:
-            tensors = self.tensors(model)
+        at the end) and ``adapter/``: a Scalpel adapter (:func:`scalpel.core.save_adapter`) when
+        the model carries one, else the trained tensors (``trainable.safetensors``; also under
+        FSDP, whose sharded modules ``save_adapter`` cannot read)."""
+        tensors = self.tensors()
+        if self.main:
             write_safetensors(run.best_weights, tensors)
-            if has_state(model) and state_of(model).active is not None:
+            if not self.fsdp and has_state(self.model) and state_of(self.model).active is not None:
                 from scalpel.core.artifacts import save_adapter
 
-                save_adapter(model, run.adapter, metrics=metrics, **(metadata or {}))
+                save_adapter(self.model, run.adapter, metrics=metrics, **(metadata or {}))
             else:
                 trained = {n: tensors[n] for n in self.names}
                 write_safetensors(run.adapter / "trainable.safetensors", trained, metadata={"format": "pt"})
                 write_json(run.adapter / "trainable.json", {"metrics": metrics, "parameters": self.names, **(metadata or {})})
-        accelerator.wait_for_everyone()
+        self.accelerator.wait_for_everyone()
 
-    def load_best(self, run: RunDirectory, accelerator, model) -> None:
-        accelerator.wait_for_everyone()
-        self.load_tensors(model, read_safetensors(run.best_weights), run.best_weights)
+    def load_best(self, run: RunDirectory) -> None:
+        self.accelerator.wait_for_everyone()
+        self.load_tensors(read_safetensors(run.best_weights), run.best_weights)
 
 
 def _persistent_buffers(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -3,6 +3,7 @@
 
     python fit_toy.py kill OUTPUT_DIR MARKER      # trains, writes MARKER after step 13, then hangs
     torchrun --nproc-per-node 2 fit_toy.py ddp OUTPUT_DIR RESULT_DIR
+    torchrun --nproc-per-node 2 fit_toy.py fsdp_state
 """
 
 from __future__ import annotations
@@ -122,5 +123,46 @@ def _ddp_child(output_dir: str, result_dir: str) -> None:
     (Path(result_dir) / f"rank{rank}.steps").write_text(str(result.steps))
 
 
+def _fsdp_state_child() -> None:
+    """FSDP2 (fully_shard) on 2 CPU processes: fit's full-state helpers gather the same
+    tensors and optimizer moments as an unsharded copy trained alike, and load them back."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from scalpel.core.fit_fsdp import full_model_state, full_optimizer_state, load_full_model_state, load_full_optimizer_state
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    sharded, plain = toy_model(dropout=0.0), toy_model(dropout=0.0)
+    fully_shard(sharded[0])
+    fully_shard(sharded)
+    opts = [torch.optim.AdamW(m.parameters(), lr=0.1) for m in (sharded, plain)]
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    for model, opt in zip((sharded, plain), opts):
+        model(x).pow(2).mean().backward()
+        opt.step()
+    state, moments = full_model_state(sharded), full_optimizer_state(sharded, opts[0])
+    if rank == 0:
+        reference = plain.state_dict()
+        assert state.keys() == reference.keys()
+        for name in reference:
+            torch.testing.assert_close(state[name], reference[name])
+        assert set(moments["state"]) == set(reference), moments["state"].keys()
+    else:
+        assert state == {}
+    box = [state, moments]
+    dist.broadcast_object_list(box, 0)
+    fresh = {k: torch.zeros_like(v) for k, v in box[0].items()}
+    load_full_model_state(sharded, fresh)
+    assert all(v.abs().sum() == 0 for v in full_model_state(sharded).values())
+    expected = {k: v.clone() for k, v in box[0].items()}  # set_model_state_dict turns the dict's tensors into shards
+    load_full_model_state(sharded, box[0])
+    load_full_optimizer_state(sharded, opts[0], box[1])
+    again = full_model_state(sharded)
+    if rank == 0:
+        assert again.keys() == expected.keys() and all(torch.equal(again[k], expected[k]) for k in again)
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    {"kill": _kill_child, "ddp": _ddp_child}[sys.argv[1]](*sys.argv[2:])
+    {"kill": _kill_child, "ddp": _ddp_child, "fsdp_state": _fsdp_state_child}[sys.argv[1]](*sys.argv[2:])

@@ -66,16 +66,20 @@ def test_sigkilled_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_p
     assert train_steps == list(range(1, 21))  # lines of the lost steps 11-13 were dropped, then logged once
 
 
-@pytest.mark.integration
-def test_two_processes_train_the_same_adapter_as_one_process_with_the_same_global_batch(tmp_path):
-    results = tmp_path / "results"
-    results.mkdir()
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(port), FIT_TOY, "ddp", str(tmp_path / "ddp"), str(results)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=170)
+           "--master-port", str(port), FIT_TOY, *args]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=170)
+
+
+@pytest.mark.integration
+def test_two_processes_train_the_same_adapter_as_one_process_with_the_same_global_batch(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    proc = _torchrun("ddp", str(tmp_path / "ddp"), str(results))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     rank0, rank1 = (load_file(str(results / f"rank{r}.safetensors")) for r in (0, 1))
@@ -95,3 +99,11 @@ def test_two_processes_train_the_same_adapter_as_one_process_with_the_same_globa
     assert writes1 == []  # ... and rank 1 wrote nothing under the run directory
     assert (results / "rank0.steps").read_text() == (results / "rank1.steps").read_text() == "6"
     assert (tmp_path / "ddp/adapter/scalpel.json").is_file()
+
+
+@pytest.mark.integration
+def test_fsdp_full_state_helpers_gather_and_restore_sharded_tensors():
+    """FSDP2 on 2 CPU processes (Accelerate enables FSDP only on GPUs, so fit itself is not run
+    sharded here): the helpers fit uses for checkpoints see the unsharded truth."""
+    proc = _torchrun("fsdp_state")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
