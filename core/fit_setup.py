@@ -14,7 +14,8 @@ from torch import nn
 from scalpel.core.errors import MissingDependencyError, ScalpelError
 from scalpel.core.fit_config import FitConfig
 
-_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
+#: tracker -> packages that provide it (Accelerate falls back to tensorboardX), extra that installs it
+_TRACKER_PACKAGES = {"tensorboard": (("tensorboardX", "tensorboard"), "tracking"), "mlflow": (("mlflow",), None)}
 
 
 def make_accelerator(config: FitConfig):
@@ -25,8 +26,9 @@ def make_accelerator(config: FitConfig):
     from accelerate.utils import DataLoaderConfiguration
 
     for tracker in config.trackers:
-        if not any(importlib.util.find_spec(p) for p in _TRACKER_PACKAGES[tracker]):
-            raise MissingDependencyError(_TRACKER_PACKAGES[tracker][0], f"FitConfig(trackers=[{tracker!r}])")
+        packages, extra = _TRACKER_PACKAGES[tracker]
+        if not any(importlib.util.find_spec(p) for p in packages):
+            raise MissingDependencyError(packages[0], f"FitConfig(trackers=[{tracker!r}])", extra)
     cpu = config.device == "cpu" or not torch.cuda.is_available()
     precision = config.mixed_precision
     if precision == "auto":

@@ -250,3 +250,57 @@ def test_metrics_lines_are_standard_json(tmp_path):
     run = RunDirectory(tmp_path)
     run.log({"step": 1, "loss": math.inf})
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 1, "loss": "inf"}
+
+
+
+def test_tensorboard_tracker_receives_the_metrics(tmp_path):
+    pytest.importorskip("tensorboardX")
+    fit(toy_model(), RegressionTask(), loader(), loader(shuffle=False),
+        cfg(tmp_path, max_steps=4, eval_every=2, trackers=("tensorboard",), run_name="tb"))
+    events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    tags = _event_tags(events[0])
+    assert {"loss", "lr", "eval/loss"} <= tags
+
+
+def _event_tags(path) -> set[str]:
+    """Scalar tags in a TensorBoard event file (TFRecord framing: length, crc, data, crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    tags, data = set(), path.read_bytes()
+    offset = 0
+    while offset < len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+        tags.update(v.tag for v in event.summary.value)
+        offset += 12 + length + 4
+    return tags
+
+
+def test_a_missing_tracker_package_is_named(tmp_path, monkeypatch):
+    import importlib.util
+
+    from scalpel.core.errors import MissingDependencyError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(MissingDependencyError, match="pip install mlflow"):
+        fit(toy_model(), RegressionTask(), loader(), config=cfg(tmp_path, trackers=("mlflow",)))
+
+
+def test_an_unknown_metric_lists_the_task_metrics(tmp_path):
+    with pytest.raises(ScalpelError, match=r"metric is 'accuracy' but .*\['loss', 'neg_loss'\]"):
+        fit(toy_model(), RegressionTask(), loader(), loader(), cfg(tmp_path, max_steps=2, metric="accuracy"))
+
+
+def test_the_progress_bar_shows_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+    fit(toy_model(), RegressionTask(), loader(), config=cfg(tmp_path / "a", max_steps=3, progress=True))
+    assert "3/3" not in capsys.readouterr().err
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    fit(toy_model(), RegressionTask(), loader(), config=cfg(tmp_path / "b", max_steps=3, progress=True))
+    err = capsys.readouterr().err
+    assert "3/3" in err and "loss=" in err and "lr=" in err and "samples_s=" in err
