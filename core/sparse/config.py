@@ -45,9 +45,10 @@ class SparseConfig:
     """Regex searched (``re.search``) in each module's name; None targets every module of ``target_types``."""
     target_types: tuple[str, ...] = field(default=DEFAULT_TARGET_TYPES, metadata={"help": "module class names to adapt"})
     """Class names of the modules to adapt (``"Embedding"`` and norms are opt-in)."""
-    blocks: tuple[str, ...] = ()
-    """Restrict to modules inside these blocks (module-name prefixes such as ``"encoder.layer.5"``,
-    as named by the layer-wise block map); empty: no restriction."""
+    blocks: tuple[str, ...] = field(default=(), metadata={"help": "restrict to blocks: 'last 2', 'blocks 3-5', 'encoder.layer.0', ..."})
+    """Restrict to modules inside these blocks, as the layer-wise block map resolves them
+    (``"last 2"``, ``"blocks 3-5"``, ``"encoder.layer.0"``, ``"head"``); for models without a
+    known block map, module-name prefixes. Empty: no restriction."""
     exclude: str | None = field(default=None, metadata={"help": "regex of module names never adapted (e.g. the head)"})
     """Regex of module names never adapted (e.g. a classification head trained in full)."""
     num_batches: int = field(default=8, metadata={"help": "batches the data scorers read"})

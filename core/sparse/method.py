@@ -57,6 +57,7 @@ def find_targets(model: nn.Module, config: SparseConfig) -> dict[str, tuple[str,
     types = set(config.target_types)
     targets = re.compile(config.targets) if config.targets else None
     exclude = re.compile(config.exclude) if config.exclude else None
+    blocks = block_patterns(model, config.blocks) if config.blocks else []
     chosen = {}
     candidates = weight_modules(model)
     for name, entry in candidates.items():
@@ -67,7 +68,7 @@ def find_targets(model: nn.Module, config: SparseConfig) -> dict[str, tuple[str,
             continue
         if exclude and exclude.search(name):
             continue
-        if config.blocks and not any(name == b or name.startswith(b + ".") for b in config.blocks):
+        if blocks and not any(b.search(f"{name}.weight") for b in blocks):
             continue
         chosen[name] = entry
     if not chosen:
@@ -78,6 +79,19 @@ def find_targets(model: nn.Module, config: SparseConfig) -> dict[str, tuple[str,
             f"modules with weights include: {sample}"
         )
     return chosen
+
+
+def block_patterns(model: nn.Module, selection: tuple[str, ...]) -> list[re.Pattern]:
+    """Regexes (searched in parameter names) of the blocks ``selection`` names: resolved by
+    the layer-wise block map (``"last 2"``, ``"blocks 3-5"``, ``"encoder.layer.0"``, ``"head"``)
+    when the architecture has one, else taken as module-name prefixes."""
+    from scalpel.core.layerwise import block_map
+
+    try:
+        found = block_map(model)
+    except ScalpelError:  # an architecture without a known block map
+        return [re.compile(rf"^{re.escape(b)}(\.|$)") for b in selection]
+    return [re.compile(b.pattern) for b in found.select(selection)]
 
 
 def apply_sparse(model: nn.Module, config: SparseConfig, *, adapter_name: str = "default", data: Any = None) -> nn.Module:

@@ -190,3 +190,19 @@ def _train_lm(model, ids, steps=3):
         model(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+
+
+def test_blocks_follow_the_layerwise_block_map_and_compose_with_layerwise(tmp_path):
+    from scalpel.core.layerwise import LayerwiseConfig
+
+    model = _bert()
+    sc.apply(model, LayerwiseConfig(blocks=("last 1",)))  # block 1 trained in full, and the head
+    sc.apply(model, SparseConfig(count=50, scorer="magnitude", blocks=("first 1",)))
+    assert all(n.startswith("bert.encoder.layer.0.") for n in sparse_layers(model, "default"))
+    trainable = list(sc.trainable_parameters(model))
+    assert any(n.startswith("bert.encoder.layer.1.") for n in trainable)
+    assert any(".sparse_values." in n for n in trainable)
+    _train(model)
+    trained = _logits(model, IDS)
+    loaded = sc.load_adapter(_bert(), sc.save_adapter(model, tmp_path / "a"))
+    torch.testing.assert_close(_logits(loaded, IDS), trained)
