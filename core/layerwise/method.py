@@ -19,7 +19,7 @@ from torch import nn
 
 from scalpel.core.delta import AdapterRecord, adapter_of, base_name, state_of
 from scalpel.core.errors import ConfigError
-from scalpel.core.layerwise.blocks import BlockMap, block_map
+from scalpel.core.layerwise.blocks import block_map
 from scalpel.core.layerwise.config import FullConfig, LayerwiseConfig
 from scalpel.core.layerwise.rgn import relative_gradient_norms, top_blocks
 from scalpel.core.methods import Method, register_method
@@ -145,5 +145,3 @@ def selected_blocks(model: nn.Module, config: LayerwiseConfig, data: Any = None)
     """The block names ``config`` chooses on ``model`` (Auto-RGN included)."""
     return select_parameters(model, config, data)[1]
 
-
-__all__ = ["BlockMap", "apply_full", "apply_layerwise", "norm_parameter_names", "select_parameters", "selected_blocks"]

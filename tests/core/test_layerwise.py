@@ -11,7 +11,6 @@ from scalpel.core.layerwise import (
     AutoRGN,
     FullConfig,
     LayerwiseConfig,
-    block_map,
     llrd_param_groups,
     relative_gradient_norms,
     rgn_multipliers,

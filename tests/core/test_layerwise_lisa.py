@@ -56,7 +56,7 @@ def test_blocks_switch_every_k_steps_and_frozen_state_is_freed():
     per_block = sum(1 for n, _ in model.named_parameters() if n.startswith("model.layers.0."))
     always = len(lisa.always)
     # after each switch, state only for always-trained + the previous active blocks (freed: the new ones have no state yet)
-    for a, count in history:
+    for _, count in history:
         assert count <= always + 2 * per_block
     # without freeing, the optimizer state keeps growing as new blocks get trained
     model2 = tiny_llama()
