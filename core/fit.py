@@ -170,81 +170,80 @@ def fit(
                disable=not (main and config.progress and sys.stderr.isatty()))
     model.train()
     started = time.perf_counter() - progress.train_seconds
-    window_start, window_losses, window_samples = time.perf_counter(), [], 0
+    window = _LogWindow()
     eval_model = model if trained.fsdp else unwrapped
-    stop = False
-    while progress.step < total_steps and not stop:
-        batches = open_epoch(train_data, progress.epoch, progress.step_in_epoch * accum, config.seed)
-        while progress.step_in_epoch < steps_per_epoch and progress.step < total_steps:
-            first = progress.step_in_epoch * accum
-            micro = min(accum, n_batches - first)
-            loss, samples = _accumulate(accelerator, model, task, batches, micro, first, progress.epoch)
-            if not math.isfinite(loss):
-                last = trained.last_checkpoint(run)
-                raise TrainingError(
-                    f"the loss is {loss} at step {progress.step + 1} (epoch {progress.epoch}); training stopped before "
-                    f"the weights changed. Last good checkpoint: {last or 'none'}. Lower the learning rate, "
-                    "enable clipping (max_grad_norm) or check the data and the task's loss"
-                )
-            lr = lr_at(progress.step, **schedule)
-            for group in raw_optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            grad_norm = None
-            if config.max_grad_norm > 0:
-                grad_norm = float(accelerator.clip_grad_norm_(trained.parameters, config.max_grad_norm))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress.step += 1
-            progress.step_in_epoch += 1
-            for hook in hooks:
-                hook.after_step(progress.step, unwrapped, raw_optimizer)
+    stop = progress.stopped_early  # a resumed run that had already stopped early stays stopped
+    try:
+        while progress.step < total_steps and not stop:
+            batches = open_epoch(train_data, progress.epoch, progress.step_in_epoch * accum, config.seed)
+            while progress.step_in_epoch < steps_per_epoch and progress.step < total_steps:
+                first = progress.step_in_epoch * accum
+                micro = min(accum, n_batches - first)
+                loss, samples = _accumulate(accelerator, model, task, batches, micro, first, progress.epoch)
+                if not math.isfinite(loss):
+                    last = trained.last_checkpoint(run)
+                    raise TrainingError(
+                        f"the loss is {loss} at step {progress.step + 1} (epoch {progress.epoch}); training stopped before "
+                        f"the weights changed. Last good checkpoint: {last or 'none'}. Lower the learning rate, "
+                        "enable clipping (max_grad_norm) or check the data and the task's loss"
+                    )
+                lr = lr_at(progress.step, **schedule)
+                for group in raw_optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+                grad_norm = None
+                if config.max_grad_norm > 0:
+                    grad_norm = float(accelerator.clip_grad_norm_(trained.parameters, config.max_grad_norm))
+                    if not math.isfinite(grad_norm) and accelerator.scaler is None:  # fp16's scaler skips such steps itself
+                        raise TrainingError(
+                            f"the gradient norm is {grad_norm} at step {progress.step + 1} with a finite loss; training "
+                            f"stopped before the weights changed. Last good checkpoint: {trained.last_checkpoint(run) or 'none'}. "
+                            "Lower the learning rate or check the model for overflowing activations"
+                        )
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                progress.step += 1
+                progress.step_in_epoch += 1
+                for hook in hooks:
+                    hook.after_step(progress.step, unwrapped, raw_optimizer)
 
-            window_losses.append(loss)
-            window_samples += samples * accelerator.num_processes
-            progress.samples += samples * accelerator.num_processes
-            progress.train_seconds = time.perf_counter() - started
-            bar.update(1)
-            if progress.step % config.log_every == 0 or progress.step == total_steps:
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = {"step": progress.step, "epoch": progress.epoch, "loss": sum(window_losses) / len(window_losses),
-                          "lr": lr, "samples_per_second": window_samples / elapsed}
-                if grad_norm is not None:
-                    record["grad_norm"] = grad_norm
-                progress.train_loss = record["loss"]
-                bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{lr:.3g}", samples_s=f"{record['samples_per_second']:.1f}")
-                _log(run, accelerator, record, main)
-                window_start, window_losses, window_samples = time.perf_counter(), [], 0
+                window.add(loss, samples * accelerator.num_processes)
+                progress.samples += samples * accelerator.num_processes
+                progress.train_seconds = time.perf_counter() - started
+                bar.update(1)
+                if progress.step % config.log_every == 0 or progress.step == total_steps:
+                    record = window.record(progress.step, progress.epoch, lr, grad_norm)
+                    progress.train_loss = record["loss"]
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{lr:.3g}", samples_s=f"{record['samples_per_second']:.1f}")
+                    _log(run, accelerator, record, main)
 
-            epoch_end = progress.step_in_epoch == steps_per_epoch
-            due = config.eval_every and progress.step % config.eval_every == 0
-            if eval_data is not None and (due or (epoch_end and config.eval_at_epoch_end) or progress.step == total_steps):
-                metrics = _evaluate(accelerator, task, eval_model, eval_data)
-                _log(run, accelerator, {"step": progress.step, "epoch": progress.epoch, **{f"eval/{k}": v for k, v in metrics.items()}}, main)
-                stop = progress.record_eval(metrics, config)
-                if progress.best_step == progress.step:
-                    trained.save_best(run, metrics, adapter_metadata)
-            if epoch_end:
-                progress.epoch += 1
-                progress.step_in_epoch = 0
-            if config.save_every and (progress.step % config.save_every == 0 or progress.step == total_steps or stop):
-                trained.save_checkpoint(run, hooks, progress, fingerprint, lr, config.keep_checkpoints)
-            if stop or epoch_end:
-                break
-    bar.close()
+                epoch_end = progress.step_in_epoch == steps_per_epoch
+                due = config.eval_every and progress.step % config.eval_every == 0
+                if eval_data is not None and (due or (epoch_end and config.eval_at_epoch_end) or progress.step == total_steps):
+                    metrics = _evaluate(accelerator, task, eval_model, eval_data)
+                    _log(run, accelerator, {"step": progress.step, "epoch": progress.epoch, **{f"eval/{k}": v for k, v in metrics.items()}}, main)
+                    stop = progress.record_eval(metrics, config)
+                    if progress.best_step == progress.step:
+                        trained.save_best(run, metrics, adapter_metadata)
+                if epoch_end:
+                    progress.epoch += 1
+                    progress.step_in_epoch = 0
+                if config.save_every and (progress.step % config.save_every == 0 or progress.step == total_steps or stop):
+                    trained.save_checkpoint(run, hooks, progress, fingerprint, lr, config.keep_checkpoints)
+                if stop or epoch_end:
+                    break
+    finally:
+        bar.close()
 
-    adapter_dir = None
-    if eval_data is None or progress.best_step is None:
-        trained.save_best(run, {}, adapter_metadata)
-    if progress.best_step is not None or eval_data is None:
-        adapter_dir = run.adapter
+    if progress.best_step is None:  # no evaluation (or none gave a finite metric): keep the final weights
+        trained.save_best(run, dict(progress.last_metrics), adapter_metadata)
     metrics = dict(progress.last_metrics)
     if config.load_best_at_end and progress.best_step is not None and progress.best_step != progress.step:
         trained.load_best(run)
         metrics = dict(progress.best_metrics)
     result = FitResult(
         run_dir=run.root, metrics=metrics, best_metric=progress.best_metric, best_step=progress.best_step,
-        steps=progress.step, train_seconds=progress.train_seconds, adapter_dir=adapter_dir,
-        final_metrics=dict(progress.last_metrics), stopped_early=stop, train_loss=progress.train_loss,
+        steps=progress.step, train_seconds=progress.train_seconds, adapter_dir=run.adapter,
+        final_metrics=dict(progress.last_metrics), stopped_early=progress.stopped_early, train_loss=progress.train_loss,
     )
     if main:
         run.write_report(_report(result, unwrapped, config, progress))
@@ -331,6 +330,26 @@ def _evaluate(accelerator, task, model, eval_data) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+class _LogWindow:
+    """Mean loss and samples/s over the steps since the last metrics line."""
+
+    def __init__(self):
+        self.start, self.losses, self.samples = time.perf_counter(), [], 0
+
+    def add(self, loss: float, samples: int) -> None:
+        self.losses.append(loss)
+        self.samples += samples
+
+    def record(self, step: int, epoch: int, lr: float, grad_norm: float | None) -> dict[str, Any]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        record = {"step": step, "epoch": epoch, "loss": sum(self.losses) / len(self.losses), "lr": lr,
+                  "samples_per_second": self.samples / elapsed}
+        if grad_norm is not None:
+            record["grad_norm"] = grad_norm
+        self.__init__()
+        return record
 
 
 def _prepare_run_dir(run: RunDirectory, config: FitConfig, run_config: dict[str, Any] | None) -> None:

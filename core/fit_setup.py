@@ -79,7 +79,7 @@ def build_optimizer(model: nn.Module, param_groups: Sequence[dict[str, Any]] | N
         )
     fused = torch.cuda.is_available() and config.device != "cpu" and all(p.is_floating_point() for g in groups for p in g["params"])
     return torch.optim.AdamW(
-        groups, lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps,
+        groups, lr=config.lr, betas=tuple(float(b) for b in config.adam_betas), eps=config.adam_eps,
         weight_decay=config.weight_decay, **({"fused": True} if fused else {}),
     )
 

@@ -56,6 +56,7 @@ class Progress:
     best_metrics: dict[str, float] = field(default_factory=dict)
     last_metrics: dict[str, float] = field(default_factory=dict)
     evals_without_improvement: int = 0
+    stopped_early: bool = False
 
     def record_eval(self, metrics: dict[str, float], config: FitConfig) -> bool:
         """Note an evaluation; return True when early stopping says to stop."""
@@ -77,7 +78,8 @@ class Progress:
             self.evals_without_improvement = 0
             return False
         self.evals_without_improvement += 1
-        return 0 < config.early_stopping_patience <= self.evals_without_improvement
+        self.stopped_early = 0 < config.early_stopping_patience <= self.evals_without_improvement
+        return self.stopped_early
 
 
 def run_fingerprint(model: nn.Module, trained_names: Sequence[str], config: FitConfig) -> dict[str, Any]:

@@ -68,9 +68,13 @@ def test_fit_saves_the_best_lora_adapter_and_returns_the_best_weights(tmp_path):
 def test_early_stopping_on_a_greater_is_better_metric(tmp_path):
     result = fit(toy_model(), RegressionTask(), loader(), loader(shuffle=False),
                  cfg(tmp_path, max_steps=200, eval_every=1, lr=0.5, metric="neg_loss", greater_is_better=True,
-                     early_stopping_patience=2, early_stopping_min_delta=1e9))  # nothing counts as better after the first
+                     early_stopping_patience=2, early_stopping_min_delta=1e9, save_every=50))  # nothing counts as better after the first
     assert result.stopped_early and result.steps == 3 and result.best_step == 1
     assert result.final_metrics != result.metrics and result.metrics["neg_loss"] == result.best_metric
+    again = fit(toy_model(), RegressionTask(), loader(), loader(shuffle=False),  # resuming a stopped run trains no more
+                cfg(tmp_path, max_steps=200, eval_every=1, lr=0.5, metric="neg_loss", greater_is_better=True,
+                    early_stopping_patience=2, early_stopping_min_delta=1e9, save_every=50, resume=True))
+    assert again.stopped_early and again.steps == 3 and again.best_step == 1
 
 
 def test_param_groups_scale_the_scheduled_learning_rate_and_hooks_see_every_step(tmp_path):
@@ -144,6 +148,15 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     resumed = toy_model()  # and the run resumes from it
     result = fit(resumed, RegressionTask(), loader(), config=cfg(tmp_path, max_steps=8, save_every=5, resume=True))
     assert result.steps == 8
+
+
+def test_an_infinite_gradient_stops_before_the_weights_change(tmp_path):
+    model = toy_model()
+    model[0].weight.register_hook(lambda grad: grad * float("inf"))  # a finite loss, an infinite gradient
+    start = flat(model)
+    with pytest.raises(TrainingError, match=r"gradient norm is (inf|nan) at step 1"):
+        fit(model, RegressionTask(), loader(), config=cfg(tmp_path, max_steps=3))
+    assert torch.equal(flat(model), start)
 
 
 def test_the_task_receives_eval_mode_and_no_grad(tmp_path):
