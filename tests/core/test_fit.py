@@ -317,3 +317,48 @@ def test_the_progress_bar_shows_on_a_terminal_only(tmp_path, capsys, monkeypatch
     fit(toy_model(), RegressionTask(), loader(), config=cfg(tmp_path / "b", max_steps=3, progress=True))
     err = capsys.readouterr().err
     assert "3/3" in err and "loss=" in err and "lr=" in err and "samples_s=" in err
+
+
+def _tiny_llama(layers: int = 4):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                                        num_key_value_heads=1, intermediate_size=32, max_position_embeddings=32))
+
+
+class _LmTask:
+    def step(self, model, batch):
+        return {"loss": model(input_ids=batch, labels=batch).loss}
+
+
+def test_the_lisa_hook_trains_through_fit_and_resumes_exactly(tmp_path):
+    from scalpel.core import apply
+    from scalpel.core.layerwise import LISA, FullConfig
+
+    batches = list(torch.randint(0, 40, (10, 2, 8), generator=torch.Generator().manual_seed(0)))
+
+    def run(out, steps, resume=False):
+        model = apply(_tiny_llama(), FullConfig())
+        lisa = LISA(model, gamma=1, every=2, seed=0)
+        fit(model, _LmTask(), batches, config=cfg(tmp_path / out, max_steps=steps, schedule="constant", save_every=3, resume=resume),
+            param_groups=lisa.param_groups(), hooks=(lisa,))
+        return model, lisa
+
+    straight, lisa_a = run("a", 8)
+    run("b", 5)  # checkpoint at step 3 and at the end, step 5 (between two switches)
+    resumed, lisa_b = run("b", 8, resume=True)
+    assert lisa_a.active == lisa_b.active
+    for (name, p), (_, q) in zip(straight.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(p, q), name
+    assert not torch.equal(flat(straight), flat(apply(_tiny_llama(), FullConfig())))
+
+
+def test_a_list_of_batches_resumes_at_the_same_batch(tmp_path):
+    batches = [(x.unsqueeze(0).repeat(2, 1), y.unsqueeze(0).repeat(2, 1)) for x, y in toy_data(10)]
+    a, b = toy_model(), toy_model()
+    fit(a, RegressionTask(), batches, config=cfg(tmp_path / "a", max_steps=17, schedule="constant", grad_accum_steps=2))
+    fit(b, RegressionTask(), batches, config=cfg(tmp_path / "b", max_steps=7, schedule="constant", grad_accum_steps=2, save_every=7))
+    b = toy_model(seed=9)
+    fit(b, RegressionTask(), batches, config=cfg(tmp_path / "b", max_steps=17, schedule="constant", grad_accum_steps=2, save_every=7, resume=True))
+    assert torch.equal(flat(a), flat(b))
