@@ -52,6 +52,13 @@ class ImageFile:
     instance_number: int | None
     image_type: tuple[str, ...]
     transfer_syntax: str
+    bits_allocated: int = 16
+    bits_stored: int = 16
+    signed: bool = False
+    samples_per_pixel: int = 1
+    photometric: str = "MONOCHROME2"
+    rescale: tuple[float, float] | None = None  # (slope, intercept) at the top level, if any
+    modality_lut: bool = False  # a Modality LUT Sequence is present
 
 
 @dataclass
@@ -165,7 +172,7 @@ def scan_folder(
         drop_localizers: leave out localizers/scouts (listed in ``Inventory.dropped`` with the reason).
         keep_datasets: read whole files (pixels too) and keep them in ``Inventory.datasets``;
             saves a second read when the series are loaded right away.
-        workers: reader threads (default: up to 8).
+        workers: reader threads (default: one per core, at most 4).
 
     Returns:
         An :class:`Inventory`. Non-DICOM files are skipped and counted; they never raise.
@@ -175,8 +182,7 @@ def scan_folder(
         raise DataError(f"{root} does not exist; give a folder of DICOM files")
     paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     inventory = Inventory(root=root)
-    with ThreadPoolExecutor(max_workers=workers or min(8, max(1, len(paths)))) as pool:
-        results = list(pool.map(lambda p: _read_header(p, keep_datasets), paths))
+    results = parallel_map(lambda p: _read_header(p, keep_datasets), paths, workers)
     images: list[ImageFile] = []
     for p, kind, value in results:
         if kind == "image":
@@ -194,6 +200,18 @@ def scan_folder(
             inventory.errors.append((p, value))
     inventory.series = _group(images, inventory.dropped if drop_localizers else None)
     return inventory
+
+
+def parallel_map(fn, items: list, workers: int | None = None) -> list:
+    """``[fn(x) for x in items]`` on a few threads. Header parsing holds the GIL, so more threads
+    than cores only add contention; threads pay off for file I/O and for C decoders (JPEG 2000,
+    JPEG-LS) that release the GIL."""
+    if workers is None:  # a handful of files is read faster than threads start
+        workers = 1 if len(items) < 8 else min(4, os.cpu_count() or 1)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def _read_header(path: Path, whole: bool = False) -> tuple[Path, str, Any]:
@@ -241,6 +259,13 @@ def _image_file(path: Path, ds: pydicom.Dataset) -> ImageFile:
         instance_number=int(number) if number not in (None, "") else None,
         image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
         transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")),
+        bits_allocated=int(ds.get("BitsAllocated", 16)),
+        bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", 16))),
+        signed=int(ds.get("PixelRepresentation", 0)) == 1,
+        samples_per_pixel=int(ds.get("SamplesPerPixel", 1)),
+        photometric=str(ds.get("PhotometricInterpretation", "")),
+        rescale=(float(ds.RescaleSlope), float(ds.get("RescaleIntercept", 0.0))) if "RescaleSlope" in ds else None,
+        modality_lut=bool(ds.get("ModalityLUTSequence")),
     )
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,14 @@ from monai.data import MetaTensor
 
 from scalpel.core.errors import DataError
 from scalpel.medical.dicom.pixels import (
+    _exact_in_float32,
     apply_window,
     check_transfer_syntax,
     invert_monochrome1,
     modality_values,
     resolve_window,
 )
-from scalpel.medical.dicom.scan import Series, scan_folder, slice_normal
+from scalpel.medical.dicom.scan import ImageFile, Series, parallel_map, scan_folder, slice_normal
 
 #: LPS -> RAS: negate x and y.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -77,7 +77,7 @@ def load_series(
             to map values to [0, 1] for display or models trained on windowed input.
         invert_monochrome1_values: mirror MONOCHROME1 values so larger is brighter.
         dtype: voxel dtype.
-        workers: reader threads (default: up to 8).
+        workers: reader threads (default: one per core, at most 4).
 
     Returns:
         MetaTensor of shape (C, X, Y, Z), C = 1 (grayscale) or 3 (colour); ``meta`` holds
@@ -95,8 +95,7 @@ def load_series(
     problems = list(series.problems)
     # Sorts ``ordered`` along the slice normal when the geometry is known.
     lps = _lps_affine(series, ordered, problems) if has_geometry else _fallback_affine(series, problems)
-    with ThreadPoolExecutor(max_workers=workers or min(8, len(series.files))) as pool:
-        pixels = list(pool.map(lambda f: _read_pixels(f, invert_monochrome1_values, datasets.get(f.path)), series.files))
+    pixels = parallel_map(lambda f: _read_pixels(f, invert_monochrome1_values, datasets.get(f.path)), series.files, workers)
     stack = np.stack([pixels[fr.file_index][0][fr.frame_index] for fr in ordered])  # (Z, rows, cols[, 3])
     first_ds = pixels[0][1]
     if window is not None:
@@ -230,8 +229,11 @@ def _warn(problems: list[str], message: str) -> None:
     warnings.warn(message, SliceSpacingWarning, stacklevel=3)
 
 
-def _read_pixels(image, invert: bool, ds: pydicom.Dataset | None = None) -> tuple[np.ndarray, pydicom.Dataset]:
-    """(frames, rows, cols[, 3]) modality values of one file, and its dataset (pixels dropped)."""
+def _read_pixels(image: ImageFile, invert: bool, ds: pydicom.Dataset | None = None) -> tuple[np.ndarray, pydicom.Dataset]:
+    """(frames, rows, cols[, 3]) modality values of one file, and its dataset (pixels dropped).
+
+    Pixel attributes come from the scan (``image``), so the dataset is touched only for its pixels.
+    """
     path = image.path
     try:
         ds = ds if ds is not None else pydicom.dcmread(path)
@@ -244,32 +246,34 @@ def _read_pixels(image, invert: bool, ds: pydicom.Dataset | None = None) -> tupl
             stored = ds.pixel_array
     except (ValueError, EOFError, AttributeError, KeyError, RuntimeError) as err:
         raise DataError(f"{path}: pixel data cannot be decoded ({err}); the file may be truncated or damaged") from err
-    samples = int(ds.get("SamplesPerPixel", 1))
     if image.frames == 1:
         stored = stored[None]
-    if samples > 1:
+    if image.samples_per_pixel > 1:
         values = stored.astype(np.float32)
     else:
-        values = _modality_frames(stored, ds).astype(np.float32, copy=False)
-        if invert and ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        values = None
+        if image.rescale is not None and not image.modality_lut:
+            values = _exact_in_float32(stored, *image.rescale)
+        if values is None:
+            values = _modality_frames(stored, ds).astype(np.float32, copy=False)
+        if invert and image.photometric == "MONOCHROME1":
             values = invert_monochrome1(values, ds).astype(np.float32, copy=False)
-    del ds.PixelData  # keep only the header alive
+    if "PixelData" in ds:
+        del ds.PixelData  # keep only the header alive
     return values, ds
 
 
-def _native_pixels(ds: pydicom.Dataset, image) -> np.ndarray | None:
+def _native_pixels(ds: pydicom.Dataset, image: ImageFile) -> np.ndarray | None:
     """Uncompressed little-endian grayscale: view the bytes directly (what pixel_array does, without its overhead)."""
-    bits, stored_bits = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    if int(ds.get("SamplesPerPixel", 1)) != 1 or bits not in (8, 16, 32) or (signed and stored_bits != bits):
-        return None
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
-    shape = (image.frames, image.rows, image.columns)
-    need = int(np.prod(shape)) * dtype.itemsize
+    bits = image.bits_allocated
+    if image.samples_per_pixel != 1 or bits not in (8, 16, 32) or (image.signed and image.bits_stored != bits):
+        return None  # signed values narrower than their container need pydicom's sign extension
+    dtype = np.dtype(f"<{'i' if image.signed else 'u'}{bits // 8}")
+    count = image.frames * image.rows * image.columns
     data = ds.PixelData
-    if len(data) < need:
-        raise ValueError(f"pixel data is truncated: {len(data)} of {need} bytes")
-    array = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+    if len(data) < count * dtype.itemsize:
+        raise ValueError(f"pixel data is truncated: {len(data)} of {count * dtype.itemsize} bytes")
+    array = np.frombuffer(data, dtype=dtype, count=count).reshape(image.frames, image.rows, image.columns)
     return array[0] if image.frames == 1 else array
 
 
