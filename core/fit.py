@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -144,6 +145,12 @@ def fit(
         n_batches = len(train_data)
     else:
         model, optimizer = accelerator.prepare(model, optimizer)
+        if accelerator.num_processes > 1 and main:
+            warnings.warn(
+                f"fit got a {type(train_data).__name__}, not a DataLoader, so every one of the "
+                f"{accelerator.num_processes} processes trains on all of its batches; pass a DataLoader to shard them",
+                stacklevel=2,
+            )
     if n_batches == 0:
         raise DataError("the training data has fewer batches than processes; give it more samples or use fewer processes")
     trained.bind(accelerator, model, optimizer)
