@@ -92,3 +92,24 @@ def test_auto_rgn_rescales_groups_during_fit(tmp_path):
     config = FitConfig(output_dir=str(tmp_path / "run"), max_steps=6, lr=1e-2, save_every=0, progress=False, eval_at_epoch_end=False)
     fit(model, ClassifyTask(), data(), config=config, param_groups=rgn.param_groups(), hooks=(rgn,))
     assert max(rgn.scales.values()) == 1.0 and rgn.scales != initial
+
+
+def _lisa_run(output_dir, max_steps, resume=False, seed=4):
+    torch.manual_seed(0)
+    model = apply(Net(), FullConfig())
+    lisa = LISA(model, gamma=1, every=2, block_map=block_map(model, MAP), seed=seed)
+    config = FitConfig(output_dir=str(output_dir), max_steps=max_steps, lr=1e-2, save_every=3, progress=False,
+                       eval_at_epoch_end=False, resume=resume, schedule="constant")
+    fit(model, ClassifyTask(), data(), config=config, param_groups=lisa.param_groups(), hooks=(lisa,))
+    return model, lisa
+
+
+def test_lisa_resumes_exactly_through_fit_checkpoints(tmp_path):
+    straight, lisa_straight = _lisa_run(tmp_path / "straight", 8)
+    _lisa_run(tmp_path / "resumed", 3)  # checkpoint at step 3, in the middle of a LISA period
+    assert (tmp_path / "resumed" / "checkpoints" / "step-00000003").is_dir()
+    # another sampler seed: only the checkpointed LISA state can make the runs agree
+    resumed, lisa_resumed = _lisa_run(tmp_path / "resumed", 8, resume=True, seed=7)
+    assert lisa_resumed.active == lisa_straight.active
+    for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, msg=name)
