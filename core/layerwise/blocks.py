@@ -55,7 +55,8 @@ class Block:
         name: ``"stem"``, ``"head"``, or the block's module path (``"bert.encoder.layer.3"``).
         pattern: regex searched in base parameter names.
         role: ``"stem"``, ``"block"`` or ``"head"``.
-        modules: module paths the entry covers (auto-detected maps; empty for user regexes).
+        modules: module paths the entry covers (auto-detected maps; empty for user regexes;
+            ``("*",)`` for an auto-detected head, which is "everything else").
         num_parameters: parameter count of the entry in the model the map was built on.
     """
 
@@ -183,10 +184,10 @@ class BlockMap:
     def prefixes(self, selection: Iterable[str]) -> list[str]:
         """Module paths inside the selected blocks (for ``SparseConfig(blocks=...)``)."""
         chosen = self.select(selection)
-        missing = [b.name for b in chosen if not b.modules]
+        missing = [b.name for b in chosen if not b.modules or b.modules == ("*",)]
         if missing:
             raise ScalpelError(
-                f"entries {missing} of this block map are regexes, not module paths; "
+                f"entries {missing} of this block map are regexes (or 'everything else'), not module paths; "
                 f"restrict the method with targets=block_map.regex_for(...) instead"
             )
         return [m for b in chosen for m in b.modules]

@@ -180,6 +180,8 @@ def test_regex_for_restricts_lora_and_sparse_style_matching(bert_map):
     assert re.search(plain, "bert.encoder.layer.0.output.dense")
     assert not re.search(plain, "bert.encoder.layer.2.output.dense")
     assert bert_map.prefixes(["last 1"]) == ["bert.encoder.layer.3"]
+    with pytest.raises(ScalpelError, match="regex_for"):
+        bert_map.prefixes(["head"])
 
 
 def test_custom_map_overrides_and_accepts_both_spellings():
