@@ -51,6 +51,11 @@ _DUMMY = {
 }
 _NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
 _REMOVED_TEXT = "[removed]"
+#: File meta information (group 0002) that can name a station or carry private data.
+_META_IDENTIFYING = (
+    "SourceApplicationEntityTitle", "SendingApplicationEntityTitle", "ReceivingApplicationEntityTitle",
+    "PrivateInformationCreatorUID", "PrivateInformation",
+)
 
 
 @dataclass(frozen=True)
@@ -135,8 +140,13 @@ def deidentify_dataset(ds: Dataset, options: DeidOptions, pseudonyms: Pseudonyms
         setattr(ds, keyword, pseudonym)
         changes.append(Change(_tag_text(ds[keyword].tag), keyword, "pseudonymized"))
     meta = getattr(ds, "file_meta", None)
-    if meta is not None and "SOPInstanceUID" in ds:
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if meta is not None:
+        if "SOPInstanceUID" in ds:
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        for keyword in _META_IDENTIFYING:  # who sent the file, and private meta content
+            if keyword in meta:
+                changes.append(Change(_tag_text(meta[keyword].tag), keyword, "removed"))
+                delattr(meta, keyword)
     _mark(ds, options, changes)
     return changes
 

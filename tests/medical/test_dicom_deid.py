@@ -160,8 +160,12 @@ def test_options_dates_device_descriptors_private(tmp_path):
 
 
 def test_default_profile_removes_device_and_descriptors(tmp_path):
-    write_series(tmp_path / "in", n=1)
+    written = write_series(tmp_path / "in", n=1)
+    ds = pydicom.dcmread(written.paths[0])
+    ds.file_meta.SourceApplicationEntityTitle = "CT_WARD_3"
+    ds.save_as(written.paths[0])
     out = pydicom.dcmread(deidentify_folder(tmp_path / "in", tmp_path / "out").written[0])
+    assert "SourceApplicationEntityTitle" not in out.file_meta
     for keyword in ("StationName", "DeviceSerialNumber", "SeriesDescription", "InstitutionName", "SeriesDate"):
         assert keyword not in out
     assert out.StudyDate == "" and out.PatientBirthDate == "" and out.AccessionNumber == ""
