@@ -1,0 +1,1 @@
+"""Chat (instruction) fine-tuning of causal language models, loss on assistant tokens only."""

@@ -1,0 +1,5 @@
+"""Sentiment (text) classification: an encoder adapted by any Scalpel method, the head trained in full."""
+
+from scalpel.nlp.sentiment.config import SentimentConfig
+
+__all__ = ["SentimentConfig"]

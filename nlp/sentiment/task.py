@@ -1,0 +1,58 @@
+"""The fit task of sequence classification: cross-entropy on the logits, accuracy/macro-F1 in evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from scalpel.nlp.sentiment.metrics import classification_metrics
+
+
+class ClassificationTask:
+    """``step``: ``{"loss": CE(logits, labels), "logits": (B, K)}``; ``evaluate``: loss, accuracy, macro-F1.
+
+    Args:
+        label_names: class names in id order (K of them).
+    """
+
+    def __init__(self, label_names: tuple[str, ...]):
+        self.label_names = tuple(label_names)
+
+    def step(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits  # (B, K)
+        return {"loss": F.cross_entropy(logits.float(), batch["labels"]), "logits": logits}
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, float]:
+        y_true, y_pred, loss, n = predict_batches(model, batches)
+        metrics = classification_metrics(y_true, y_pred, self.label_names)
+        return {"loss": loss / max(n, 1), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> tuple[list[int], list[int], float, int]:
+    """True ids, predicted ids, summed loss and count over ``batches`` (with labels)."""
+    y_true: list[int] = []
+    y_pred: list[int] = []
+    loss, n = 0.0, 0
+    device = next(model.parameters()).device
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+        loss += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
+        n += len(batch["labels"])
+        y_true += batch["labels"].tolist()
+        y_pred += logits.argmax(-1).tolist()
+    return y_true, y_pred, loss, n
+
+
+def probabilities(model: nn.Module, batch: dict[str, Any]) -> Tensor:
+    """Softmax class probabilities, (B, K)."""
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        return model(**inputs).logits.float().softmax(-1).cpu()

@@ -1,0 +1,44 @@
+"""Tiny models for the NLP tests: a 2-layer BERT with the embedded MiniLM tokenizer and a
+2-layer Llama with a small byte-level BPE tokenizer, built from configs in tmp folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from scalpel.nlp.sentiment.model import default_model_path
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    from scalpel.nlp.chat.base import build_decoder, train_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny_llama")
+    texts = ["hello how are you", "I am fine thank you", "what is your name", "my name is bot", "good morning",
+             "the weather is nice today", "do you like music", "yes I like music a lot"] * 20
+    tokenizer = train_tokenizer(texts, vocab_size=300)
+    model = build_decoder(len(tokenizer), hidden=32, layers=2, heads=2)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def sentiment_rows(n: int = 60) -> list[tuple[str, str]]:
+    """Separable toy sentiment: the label is in the words."""
+    good = ["great film", "wonderful acting", "I loved it", "superb and moving", "a delight"]
+    bad = ["terrible film", "awful acting", "I hated it", "boring and dull", "a mess"]
+    return [(good[i % 5] + f" {i}", "positive") if i % 2 == 0 else (bad[i % 5] + f" {i}", "negative") for i in range(n)]
