@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from scalpel.core.files import read_json, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 SDIST = Path(sys.prefix) / "share" / "scalpel" / "vaderSentiment-3.3.2.tar.gz"
 HEAD = "classifier"
@@ -63,6 +65,7 @@ QUICK = Settings(train=64, test=64, max_len=24, batch=8, steps=3, num_batches=1,
 TIMING_ONLY = {"mask:fisher", "sparse:fisher:0.01"}
 #: --quick builds one variant of every kind (the other scorers have unit tests).
 QUICK_KINDS = ["full", "lora", "mask:fisher", "sparse:fisher", "sparse:magnitude", "sparse:random:dyn"]
+SETTING_FLAGS = ("steps", "train", "test", "batch", "max_len", "num_batches", "lt_steps", "regrow_every", "timing_steps")
 LR = {"full": 1e-4, "lora": 1e-3, "sparse": 1e-3, "head": 2e-3}
 
 
@@ -274,6 +277,13 @@ def memory_probe(kind: str, s: Settings) -> dict:
     return {"kind": kind, "peak_over_start": peak - before}
 
 
+def run_probes(s: Settings) -> dict[str, int | None]:
+    """Peak training memory of each method family, each in a fresh process."""
+    probes = {"full": "full", "lora": "lora", "dense_mask": "mask:magnitude", "sparse": "sparse:magnitude",
+              "sparse_dynamic": "sparse:magnitude:dyn"}
+    return {family: probe_in_subprocess(kind, s) for family, kind in probes.items()}
+
+
 def probe_in_subprocess(kind: str, s: Settings) -> int | None:
     cmd = [sys.executable, __file__, "--probe", kind, "--settings", json.dumps(asdict(s))]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -304,7 +314,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a < 1 min smoke run (6 variants, no memory probes)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    for name in ("steps", "train", "test", "batch", "max_len", "num_batches", "lt_steps", "regrow_every"):
+    parser.add_argument("--memory-only", metavar="FILE", help="only run the peak-memory probes and write them to FILE (JSON)")
+    parser.add_argument("--memory-json", metavar="FILE", help="take the peak-memory column from a --memory-only run with the same settings")
+    for name in SETTING_FLAGS:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name, help=f"override the {name} setting")
     parser.add_argument("--out", help="where to write the table (default docs/benchmarks/sparse.md; --quick writes only when given)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
@@ -314,10 +326,13 @@ def main(argv=None) -> int:
     s = QUICK if args.quick else Settings()
     if args.settings:
         s = Settings(**json.loads(args.settings))
-    overrides = {n: getattr(args, n) for n in ("steps", "train", "test", "batch", "max_len", "num_batches", "lt_steps", "regrow_every")}
+    overrides = {n: getattr(args, n) for n in SETTING_FLAGS}
     s = replace(s, **{n: v for n, v in overrides.items() if v is not None})
     if args.probe:
         print(json.dumps(memory_probe(args.probe, s)))
+        return 0
+    if args.memory_only:
+        write_json(args.memory_only, {"settings": asdict(s), "peaks": run_probes(s)})
         return 0
 
     started = time.perf_counter()
@@ -354,11 +369,13 @@ def main(argv=None) -> int:
             hook.remove()
 
     peaks = {}
-    if not (args.no_memory or args.quick):
-        probes = {"full": "full", "lora": "lora", "dense_mask": "mask:magnitude", "sparse": "sparse:magnitude",
-                  "sparse_dynamic": "sparse:magnitude:dyn"}
-        for family, kind in probes.items():
-            peaks[family] = probe_in_subprocess(kind, s)
+    if args.memory_json:
+        saved = read_json(args.memory_json)
+        if saved["settings"] != asdict(s):
+            sys.exit(f"{args.memory_json} was measured with other settings: {saved['settings']}")
+        peaks = saved["peaks"]
+    elif not (args.no_memory or args.quick):
+        peaks = run_probes(s)
     table = render(variants, peaks, s, time.perf_counter() - started, args.quick)
     print(table)
     out = args.out or (None if args.quick else ROOT / "docs" / "benchmarks" / "sparse.md")
