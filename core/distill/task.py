@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -48,9 +48,11 @@ TeacherForward = Callable[[nn.Module, Any], Any]
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """The distillation settings a pipeline exposes (``scalpel run ... --distill-loss jsd``)."""
+    """The distillation settings a pipeline exposes (``scalpel run ... --distill-loss jsd``).
 
-    method: ClassVar[str] = "distill"
+    Not a :class:`~scalpel.core.methods.Method` config (distillation changes the loss, not
+    the model), so it has no ``method`` and ``scalpel.core.apply`` does not take it.
+    """
 
     loss: str = field(default="kd", metadata={"help": "kd, forward_kl, reverse_kl, jsd, pixel_kl, cwd or detection"})
     alpha: float = field(default=0.5, metadata={"help": "weight of the distillation loss; the task loss gets 1 - alpha"})

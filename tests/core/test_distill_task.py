@@ -18,6 +18,7 @@ from scalpel.core.distill import (
     check_tokenizers,
     losses,
 )
+from scalpel.core.distill import dense as losses_dense
 from scalpel.core.errors import ConfigError, DataError, ScalpelError, TargetNotFoundError
 
 transformers = pytest.importorskip("transformers")
@@ -270,3 +271,79 @@ def test_fit_trains_the_student_and_the_projections_and_checkpoints_them(tmp_pat
     assert all(not torch.equal(a, b) for a, b in zip(before_proj, task.extra_parameters()))
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters()))
     assert any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+class TinyDetector(nn.Module):
+    """Two-level 'FPN' returning a dict of maps, and a dense head with per-anchor outputs."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.fpn = Pyramid(channels)
+        self.cls = nn.Conv2d(channels, 3, 1)
+        self.box = nn.Conv2d(channels, 4, 1)
+
+    def forward(self, x):
+        feats = self.fpn(x)
+        cls = torch.cat([self.cls(f).flatten(2).transpose(1, 2) for f in feats.values()], 1)
+        box = torch.cat([self.box(f).flatten(2).transpose(1, 2) for f in feats.values()], 1)
+        return {"cls_logits": cls, "bbox_regression": box}
+
+
+class Pyramid(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.p3 = nn.Conv2d(3, channels, 3, padding=1)
+        self.p4 = nn.Conv2d(3, channels, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return {"p3": self.p3(x), "p4": self.p4(x)}
+
+
+class DetectionTask:
+    def step(self, model, batch):
+        out = model(batch["images"])
+        return {"loss": out["cls_logits"].sigmoid().mean() * 0 + out["bbox_regression"].pow(2).mean(), "logits": out}
+
+    def evaluate(self, model, batches):
+        return {}
+
+
+def test_detection_logit_and_fpn_feature_distillation():
+    teacher, student = TinyDetector(16), TinyDetector(8)
+    hint = FeatureHint("fpn", "fpn", student_dim=8, teacher_dim=16, layout="channel")
+    task = DistillationTask(DetectionTask(), teacher, loss="detection", alpha=0.5, hints=[hint])
+    batch = {"images": torch.randn(2, 3, 8, 8)}
+    out = task.step(student, batch)
+    with torch.no_grad():
+        s, t = student(batch["images"]), teacher(batch["images"])
+    expected = losses_dense.detection_kd_loss(s["cls_logits"], t["cls_logits"], s["bbox_regression"], t["bbox_regression"])
+    assert out["kd_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out["hint_loss"] > 0  # both pyramid levels compared through one 1x1 projection
+    out["loss"].backward()
+    assert task.projections["fpn"].linear.weight.grad is not None
+    with pytest.raises(VocabularyMismatchError):
+        DistillationTask(DetectionTask(), TinyDetector(16), loss="detection").step(_FourClass(), batch)
+
+
+class _FourClass(TinyDetector):
+    def __init__(self):
+        super().__init__(8)
+        self.cls = nn.Conv2d(8, 4, 1)
+
+
+@pytest.mark.parametrize("loss", ["pixel_kl", "cwd"])
+def test_segmentation_objectives_through_the_task(loss):
+    class SegTask:
+        def step(self, model, batch):
+            logits = model(batch["x"])
+            return {"loss": F.cross_entropy(logits, batch["y"]), "logits": logits}
+
+    teacher, student = nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(3, 5, 1)
+    batch = {"x": torch.randn(2, 3, 6, 6), "y": torch.randint(0, 5, (2, 6, 6))}
+    out = DistillationTask(SegTask(), teacher, loss=loss, alpha=1.0).step(student, batch)
+    with torch.no_grad():
+        s, t = student(batch["x"]), teacher(batch["x"])
+    ref = losses_dense.pixel_kl_loss(s, t) if loss == "pixel_kl" else losses_dense.channel_wise_loss(s, t, 4.0)
+    assert out["loss"].item() == pytest.approx(ref.item(), rel=1e-5)
+    with pytest.raises(VocabularyMismatchError):
+        DistillationTask(SegTask(), nn.Conv2d(3, 6, 1), loss=loss).step(student, batch)
