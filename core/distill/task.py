@@ -142,6 +142,11 @@ class DistillationTask(nn.Module):
         self.index_key = index_key
         self._prepared_for: int | None = None
 
+    @classmethod
+    def from_config(cls, task: Any, teacher: nn.Module, config: DistillConfig, **options: Any) -> DistillationTask:
+        """Build from a pipeline's :class:`DistillConfig`; ``options`` as in the constructor (hints, cache, ...)."""
+        return cls(task, teacher, config.objective(), alpha=config.alpha, **options)
+
     # ------------------------------------------------------------------ optimizer hooks
 
     def extra_parameters(self) -> list[nn.Parameter]:

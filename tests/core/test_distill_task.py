@@ -149,6 +149,14 @@ def test_hint_errors():
         task.step(mlp(8), {"x": torch.randn(2, 8), "y": torch.zeros(2, dtype=torch.long)})
 
 
+def test_from_config_equals_keywords():
+    teacher, student = mlp(32), mlp(8)
+    batch = {"x": torch.randn(5, 8), "y": torch.randint(0, 4, (5,))}
+    a = DistillationTask.from_config(ClassifyTask(), teacher, DistillConfig(loss="kd", alpha=0.2, temperature=2.0))
+    b = DistillationTask(ClassifyTask(), teacher, loss="kd", alpha=0.2, temperature=2.0)
+    assert a.step(student, batch)["loss"].item() == pytest.approx(b.step(student, batch)["loss"].item(), rel=1e-6)
+
+
 def test_config_validation_reports_every_problem():
     with pytest.raises(ConfigError) as err:
         DistillConfig(loss="kl", alpha=1.5, temperature=0.0, beta=-1)
