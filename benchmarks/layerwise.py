@@ -289,7 +289,7 @@ def memory_run(kind: str, s: Settings, device: torch.device) -> dict:
         grads = tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
         weights = tensor_bytes(model.parameters())
         peak, state_peak, grad_peak = max(peak, state + grads + weights), max(state_peak, state), max(grad_peak, grads)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         for hook in hooks:
             hook.after_step(step, model, optimizer)
     cuda_peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
