@@ -11,6 +11,7 @@ from scalpel.medical.dicom.deid_folder import BurnedInAnnotationError, DeidRepor
 from scalpel.medical.dicom.labels import load_label
 from scalpel.medical.dicom.pixels import WINDOW_PRESETS, UnsupportedTransferSyntaxError, apply_window
 from scalpel.medical.dicom.scan import ImageFile, Inventory, Series, scan_folder
+from scalpel.medical.dicom.transforms import LoadDicomSeriesd
 from scalpel.medical.dicom.volume import LPS_TO_RAS, SliceSpacingWarning, load_series
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "DeidReport",
     "ImageFile",
     "Inventory",
+    "LoadDicomSeriesd",
     "Series",
     "SliceSpacingWarning",
     "UnsupportedTransferSyntaxError",

@@ -112,3 +112,22 @@ def test_wrong_kind_of_label_file(tmp_path, image_and_mask):
         load_label(tmp_path / "x.txt", image)
     with pytest.raises(DataError, match="does not exist"):
         load_label(tmp_path / "none.nii.gz", image)
+
+
+def test_dictionary_transform_feeds_monai_spatial_transforms(tmp_path, image_and_mask):
+    from monai.transforms import Compose, Orientationd, Spacingd
+
+    from scalpel.medical.dicom import LoadDicomSeriesd
+
+    _, image, mask = image_and_mask
+    nib.save(nib.Nifti1Image(mask, image.affine.numpy()), tmp_path / "mask.nii.gz")
+    pipeline = Compose([
+        LoadDicomSeriesd(window="abdomen"),
+        Orientationd(["image", "label"], axcodes="RAS"),
+        Spacingd(["image", "label"], pixdim=(1.0, 1.0, 2.5), mode=("bilinear", "nearest")),
+    ])
+    sample = pipeline({"image": tmp_path / "ct", "label": tmp_path / "mask.nii.gz"})
+    assert sample["image"].shape == sample["label"].shape
+    np.testing.assert_allclose(sample["image"].affine.numpy(), sample["label"].affine.numpy(), atol=1e-5)
+    assert set(np.unique(sample["label"].numpy())) <= {0, 1, 2} and sample["label"].numpy().max() == 2
+    assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
