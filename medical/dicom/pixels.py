@@ -86,7 +86,7 @@ def modality_values(stored: np.ndarray, ds: Dataset, frame_item: Dataset | None 
             PixelValueTransformationSequence, for enhanced objects.
     """
     if "RescaleSlope" in ds and not ds.get("ModalityLUTSequence"):
-        exact = _exact_in_float32(stored, ds.RescaleSlope, ds.get("RescaleIntercept", 0))
+        exact = exact_rescale_float32(stored, ds.RescaleSlope, ds.get("RescaleIntercept", 0))
         if exact is not None:
             return exact
     if "RescaleSlope" in ds or ds.get("ModalityLUTSequence") or frame_item is None:
@@ -100,7 +100,7 @@ def modality_values(stored: np.ndarray, ds: Dataset, frame_item: Dataset | None 
     return apply_modality_lut(stored, shim)
 
 
-def _exact_in_float32(stored: np.ndarray, slope, intercept) -> np.ndarray | None:
+def exact_rescale_float32(stored: np.ndarray, slope, intercept) -> np.ndarray | None:
     """``stored * slope + intercept`` in float32 when every value is an integer below 2**24, so
     float32 holds it exactly and the result equals pydicom's float64 one cast to float32
     (half the memory traffic). None when that cannot be guaranteed."""

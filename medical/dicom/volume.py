@@ -32,7 +32,7 @@ from monai.data import MetaTensor
 
 from scalpel.core.errors import DataError
 from scalpel.medical.dicom.pixels import (
-    _exact_in_float32,
+    exact_rescale_float32,
     apply_window,
     check_transfer_syntax,
     invert_monochrome1,
@@ -253,7 +253,7 @@ def _read_pixels(image: ImageFile, invert: bool, ds: pydicom.Dataset | None = No
     else:
         values = None
         if image.rescale is not None and not image.modality_lut:
-            values = _exact_in_float32(stored, *image.rescale)
+            values = exact_rescale_float32(stored, *image.rescale)
         if values is None:
             values = _modality_frames(stored, ds).astype(np.float32, copy=False)
         if invert and image.photometric == "MONOCHROME1":
