@@ -32,9 +32,9 @@ from monai.data import MetaTensor
 
 from scalpel.core.errors import DataError
 from scalpel.medical.dicom.pixels import (
-    exact_rescale_float32,
     apply_window,
     check_transfer_syntax,
+    exact_rescale_float32,
     invert_monochrome1,
     modality_values,
     resolve_window,
