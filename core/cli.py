@@ -32,7 +32,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser(argv).parse_args(argv)
+        parser = build_parser(argv)
+        # `predict NAME --adapter DIR "text" ...`: argparse gives the positional inputs up once
+        # an option follows the pipeline name, so inputs after options come back as extras.
+        args, extras = parser.parse_known_args(argv)
+        if extras and getattr(args, "command", None) == "predict" and not any(e.startswith("-") for e in extras):
+            args.inputs = list(args.inputs) + extras
+        elif extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
         return int(args.handler(args) or 0)
     except ScalpelError as err:
         print(f"scalpel: error: {err}", file=sys.stderr)
