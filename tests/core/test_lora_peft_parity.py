@@ -144,3 +144,18 @@ def test_a_peft_sequence_classification_adapter_loads(tmp_path):
     ours = sc.load_adapter(copy.deepcopy(base), tmp_path)
     _same(logits(ours), expected)
     assert "classifier.modules_to_save.default.weight" in sc.trainable_parameters(ours)
+
+
+@pytest.mark.parametrize("bias", ["lora_only", "all"])
+def test_trained_biases_travel_both_ways(bias, tmp_path):
+    base, logits = _cnn()
+    ours = sc.apply(copy.deepcopy(base), LoraConfig(r=4, targets="conv1|conv2", bias=bias))
+    _randomize(ours)
+    expected = logits(ours)
+    sc.save_adapter(ours, tmp_path / "ours")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours").eval()
+        _same(logits(theirs), expected)
+        theirs.save_pretrained(tmp_path / "peft")
+    _same(logits(sc.load_adapter(copy.deepcopy(base), tmp_path / "peft")), expected)
