@@ -1,0 +1,107 @@
+"""``report.md`` of a vision run: metrics before and after adaptation, what was trained,
+what the loaders fixed or skipped, and example predictions drawn on validation images
+(boxes for detection, mask overlays for segmentation, labels for classification)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
+
+from scalpel.core.files import atomic_write
+from scalpel.vision.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+#: Colours of classes 1.. in drawings (class 0, the background, is not drawn).
+COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe", "#008080"]
+
+
+def to_uint8(image: torch.Tensor, normalised: bool) -> torch.Tensor:
+    """``[3, H, W]`` float (``[0, 1]`` or ImageNet-normalised) -> uint8 for drawing."""
+    image = image.detach().cpu().float()
+    if normalised:
+        image = image * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def draw_detections(image: torch.Tensor, prediction: dict[str, torch.Tensor], class_names: list[str], threshold: float = 0.3) -> torch.Tensor:
+    """Boxes with score >= ``threshold`` drawn in their class colour, labelled ``name score``."""
+    keep = prediction["scores"] >= threshold
+    boxes, labels, scores = prediction["boxes"][keep].cpu(), prediction["labels"][keep].cpu(), prediction["scores"][keep].cpu()
+    texts = [f"{class_names[int(k) - 1] if 0 < int(k) <= len(class_names) else int(k)} {float(s):.2f}" for k, s in zip(labels, scores)]
+    colours = [COLOURS[(int(k) - 1) % len(COLOURS)] for k in labels]
+    return draw_bounding_boxes(to_uint8(image, False), boxes, labels=texts, colors=colours, width=2) if len(boxes) else to_uint8(image, False)
+
+
+def draw_mask(image: torch.Tensor, mask: torch.Tensor, num_classes: int, normalised: bool = True) -> torch.Tensor:
+    """Overlay the classes ``1..K-1`` of a ``[H, W]`` mask at 50% opacity."""
+    masks = torch.stack([mask.cpu() == k for k in range(1, num_classes)]) if num_classes > 1 else torch.zeros(0, *mask.shape, dtype=torch.bool)
+    colours = [COLOURS[k % len(COLOURS)] for k in range(num_classes - 1)]
+    return draw_segmentation_masks(to_uint8(image, normalised), masks, alpha=0.5, colors=colours)
+
+
+def example_grid(model: nn.Module, task: Any, dataset, class_names: list[str], count: int = 6) -> torch.Tensor:
+    """Predictions on the first ``count`` validation images; segmentation rows pair truth and prediction."""
+    model.eval()
+    tiles = []
+    with torch.no_grad():
+        for index in range(min(count, len(dataset))):
+            image, target = dataset[index]
+            if task.name == "detection":
+                tiles.append(draw_detections(image, model([image])[0], class_names))
+            elif task.name == "segmentation":
+                predicted = model(image[None])["out"].argmax(1)[0]
+                tiles += [draw_mask(image, target, len(class_names)), draw_mask(image, predicted, len(class_names))]
+            else:
+                tiles.append(to_uint8(image, True))
+    return make_grid(tiles, nrow=4 if task.name == "segmentation" else 3, padding=2, pad_value=255)
+
+
+def save_png(path: Path, grid: torch.Tensor) -> None:
+    with atomic_write(path) as f:
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(f, format="PNG")
+
+
+def metrics_table(before: dict[str, float], after: dict[str, float]) -> list[str]:
+    lines = ["| metric | before | after |", "|---|---:|---:|"]
+    for key in sorted(set(before) | set(after), key=lambda k: ("/" in k, k)):
+        lines.append(f"| {key} | {before.get(key, float('nan')):.4f} | {after.get(key, float('nan')):.4f} |")
+    return lines
+
+
+def write_report(run_dir: Path, config: Any, summary: dict[str, Any], model: nn.Module, task: Any, dataset, class_names: list[str]) -> Path:
+    """Write ``run_dir/report.md`` and ``run_dir/examples.png``."""
+    save_png(run_dir / "examples.png", example_grid(model, task, dataset, class_names))
+    share = 100.0 * summary["trainable_parameters"] / max(summary["total_parameters"], 1)
+    lines = [
+        f"# vision.{summary['task']}: {summary['method']} on {summary['model']}",
+        "",
+        f"Trainable parameters: {summary['trainable_parameters']:,} of {summary['total_parameters']:,} ({share:.2f}%); "
+        f"{summary['steps']} steps in {summary['train_seconds']:.1f} s.",
+        "",
+        "## Validation metrics (before = the base model, after = with the adapter)",
+        "",
+        *metrics_table(summary["before"], summary["after"]),
+        "",
+        "## Data",
+        "",
+        *[f"- {r['source']}: " + ", ".join(f"{k} {v}" for k, v in r.items() if k != "source" and v) for r in summary["data"]],
+        "",
+        "## Example predictions",
+        "",
+        "Segmentation: ground truth then prediction, side by side." if summary["task"] == "segmentation" else
+        "Detection: boxes with score >= 0.3, labelled class and score." if summary["task"] == "detection" else
+        "Classification: the first validation images.",
+        "",
+        "![examples](examples.png)",
+        "",
+        f"Adapter: `adapter/`; merged plain torchvision model: `merged/model.safetensors` (export_merged={config.export_merged}).",
+        "",
+    ]
+    path = run_dir / "report.md"
+    with atomic_write(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
