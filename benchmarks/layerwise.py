@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -64,6 +65,8 @@ class Settings:
     lisa_steps: int = 60
     lisa_every: int = 5
     lisa_seq: int = 64
+    noise: float = 0.6  # std of the input-corruption noise, on standardised pixels
+    shifts: tuple[str, ...] = SHIFTS
 
 
 QUICK = Settings(seeds=2, pretrain_epochs=2, finetune_epochs=2, target_train=48, lrs=(1e-2,), lisa_hidden=64, lisa_vocab=500, lisa_steps=9, lisa_every=3, lisa_seq=32)
@@ -90,12 +93,12 @@ class DigitNet(nn.Module):
         return self.fc(self.layer3(self.layer2(self.layer1(x))).mean((2, 3)))
 
 
-def corrupt(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Gaussian blur (sigma 1) plus Gaussian noise (std 0.6), per image."""
+def corrupt(x: torch.Tensor, gen: torch.Generator, noise: float) -> torch.Tensor:
+    """Gaussian blur (sigma 1) plus Gaussian noise of std ``noise``, per image."""
     k = torch.tensor([0.27, 0.46, 0.27])
     kernel = (k[:, None] * k[None, :]).view(1, 1, 3, 3)
     blurred = F.conv2d(x, kernel, padding=1)
-    return blurred + 0.6 * torch.randn(x.shape, generator=gen)
+    return blurred + noise * torch.randn(x.shape, generator=gen)
 
 
 def make_shift(shift: str, seed: int, s: Settings) -> dict:
@@ -117,7 +120,7 @@ def make_shift(shift: str, seed: int, s: Settings) -> dict:
         y = y // 2
     xs, ys, xt, yt = x[src], y[src], x[tgt], y[tgt]
     if shift == "input corruption":
-        xt = corrupt(xt, gen)
+        xt = corrupt(xt, gen, s.noise)
     if shift == "label permutation":
         perm = torch.randperm(classes, generator=gen)
         while (perm == torch.arange(classes)).any():  # a derangement: every label moves
@@ -201,11 +204,11 @@ def finetune(method: str, base: nn.Module, data: dict, lr: float, seed: int, s: 
 
 def surgical(s: Settings) -> tuple[dict, dict, dict]:
     """results[shift][method] = test accuracies over seeds; plus source-model baselines and RGN picks."""
-    results = {sh: {m: [] for m in METHODS} for sh in SHIFTS}
-    zero_shot = {sh: [] for sh in SHIFTS}
-    picks = {sh: [] for sh in SHIFTS}
+    results = {sh: {m: [] for m in METHODS} for sh in s.shifts}
+    zero_shot = {sh: [] for sh in s.shifts}
+    picks = {sh: [] for sh in s.shifts}
     for seed in range(s.seeds):
-        for shift in SHIFTS:
+        for shift in s.shifts:
             data = make_shift(shift, seed, s)
             base = pretrain(data, seed, s)
             zero_shot[shift].append(accuracy(base, data["test"]))
@@ -305,26 +308,29 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} +- {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
 
 
-def render(results, zero_shot, picks, memory, s: Settings, seconds: float, quick: bool, device: torch.device) -> str:
+def render(results, zero_shot, picks, memory, s: Settings, seconds: float, quick: bool, device: torch.device, command: str) -> str:
+    shifts = list(results)
     lines = [
         "# Layer-wise adaptation benchmark" + (" (--quick smoke run: too small to read anything into)" if quick else ""),
         "",
-        f"Command: `python benchmarks/layerwise.py{' --quick' if quick else ''}` ({seconds:.0f} s, device {device.type}).",
+        f"Command: `{command}` ({seconds:.0f} s, device {device.type}); input-corruption noise std {s.noise}.",
         "",
         "## 1. Surgical fine-tuning on digits (target test accuracy %, mean +- std over "
         f"{s.seeds} seeds; best of lr {', '.join(map(str, s.lrs))} on target validation)",
         "",
-        "| method | " + " | ".join(SHIFTS) + " |",
-        "|---|" + "---|" * len(SHIFTS),
-        "| source model, no fine-tuning | " + " | ".join(mean_std(zero_shot[sh]) for sh in SHIFTS) + " |",
+        "| method | " + " | ".join(shifts) + " |",
+        "|---|" + "---|" * len(shifts),
+        "| source model, no fine-tuning | " + " | ".join(mean_std(zero_shot[sh]) for sh in shifts) + " |",
     ]
     for m in METHODS:
         label = {"full": "full fine-tuning", "bitfit": "BitFit (+ head)", "llrd": "LLRD (decay 0.5)",
                  "auto-rgn": "Auto-RGN (lr multipliers)", "rgn top-1": "Auto-RGN top-1 block"}.get(m, f"only {m}")
-        lines.append(f"| {label} | " + " | ".join(mean_std(results[sh][m]) for sh in SHIFTS) + " |")
-    lines += ["", "Auto-RGN top-1 picked: " + "; ".join(f"{sh}: {', '.join(picks[sh])}" for sh in SHIFTS), ""]
+        lines.append(f"| {label} | " + " | ".join(mean_std(results[sh][m]) for sh in shifts) + " |")
+    lines += ["", "Auto-RGN top-1 picked: " + "; ".join(f"{sh}: {', '.join(picks[sh])}" for sh in shifts), ""]
     lines += ["Claims of Lee et al. (2023), checked on these numbers:", ""]
     for sh, expected in (("input corruption", "stem"), ("sub-population", "middle"), ("label permutation", "head")):
+        if sh not in results:
+            continue
         means = {m: statistics.mean(results[sh][m]) for m in SINGLE}
         best = max(means, key=means.get)
         full = statistics.mean(results[sh]["full"])
@@ -381,8 +387,10 @@ def plot(results, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SHIFTS), figsize=(4.2 * len(SHIFTS), 3.6), sharey=False)
-    for ax, sh in zip(axes, SHIFTS):
+    shifts = list(results)
+    fig, axes = plt.subplots(1, len(shifts), figsize=(4.2 * len(shifts), 3.6), sharey=False, squeeze=False)
+    axes = axes[0]
+    for ax, sh in zip(axes, shifts):
         means = [statistics.mean(results[sh][m]) for m in METHODS]
         stds = [statistics.stdev(results[sh][m]) if len(results[sh][m]) > 1 else 0 for m in METHODS]
         colors = ["#444444"] + ["#4c72b0"] * len(SINGLE) + ["#dd8452"] * (len(METHODS) - 1 - len(SINGLE))
@@ -398,13 +406,29 @@ def plot(results, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _shown_args(argv: list[str]) -> list[str]:
+    """The arguments that change the figures (not --out / --device), for the table's command line."""
+    shown, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--out", "--device"):
+            skip = True
+        elif not arg.startswith(("--out=", "--device=")):
+            shown.append(arg)
+    return shown
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a < 1 min smoke run")
     parser.add_argument("--out", type=Path, default=OUT_MD, help="markdown table path")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device of the LISA memory part")
+    parser.add_argument("--noise", type=float, default=0.6, help="std of the input-corruption noise (standardised pixels)")
+    parser.add_argument("--shifts", nargs="+", choices=SHIFTS, default=list(SHIFTS), help="shifts to run")
     args = parser.parse_args(argv)
-    s = QUICK if args.quick else Settings()
+    s = replace(QUICK if args.quick else Settings(), noise=args.noise, shifts=tuple(args.shifts))
+    command = shlex.join(["python", "benchmarks/layerwise.py", *_shown_args(argv if argv is not None else sys.argv[1:])])
     # One thread: these models are tiny, and on a shared machine a second thread mostly waits.
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -413,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     print("part 2: LISA memory", flush=True)
     device = torch.device(args.device)
     memory = [memory_run(kind, s, device) for kind in ("full", "lisa-keep", "lisa-free", *lora_kinds(s))]
-    table = render(results, zero_shot, picks, memory, s, time.perf_counter() - started, args.quick, device)
+    table = render(results, zero_shot, picks, memory, s, time.perf_counter() - started, args.quick, device, command)
     from scalpel.core.files import atomic_write
 
     with atomic_write(args.out, "w") as f:
