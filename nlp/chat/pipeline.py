@@ -28,6 +28,7 @@ from scalpel.nlp.chat.config import ChatConfig
 from scalpel.nlp.chat.data import ConversationBatches, check_packing_support, encode_conversations, read_conversations
 from scalpel.nlp.chat.generate import reply
 from scalpel.nlp.chat.task import ChatTask, assistant_loss_sum
+from scalpel.nlp.sentiment.model import check_tokenizer
 from scalpel.nlp.chat.template import end_of_turn_ids, ensure_chat_template, has_generation_markers
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,12 @@ log = logging.getLogger(__name__)
 def load_chat_tokenizer(name_or_path: str, template: str = "") -> Any:
     from transformers import AutoTokenizer
 
+    fix = "save one beside the model (tokenizer.save_pretrained) or pass --tokenizer PATH_OR_NAME"
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, TypeError, KeyError) as err:
-        raise DataError(f"{name_or_path!r} has no usable tokenizer ({str(err).splitlines()[0][:200]}); "
-                        "save one beside the model (tokenizer.save_pretrained) or pass --tokenizer PATH_OR_NAME") from err
+        raise DataError(f"{name_or_path!r} has no usable tokenizer ({str(err).splitlines()[0][:200]}); {fix}") from err
+    check_tokenizer(tokenizer, repr(name_or_path), fix)
     if template and "{" not in template and len(template) < 4096 and Path(template).is_file():
         template = Path(template).read_text(encoding="utf-8")
     ensure_chat_template(tokenizer, template)

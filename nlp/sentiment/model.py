@@ -12,6 +12,8 @@ from scalpel.core.errors import DataError, ScalpelError
 
 #: module names of classification heads across transformers families (trained in full)
 HEAD_NAMES = ("classifier", "pre_classifier", "score")
+#: a tokenizer with no more tokens than this has no real vocabulary
+MIN_VOCAB = 32
 
 
 def default_model_path() -> str:
@@ -30,14 +32,21 @@ def load_tokenizer(name_or_path: str) -> Any:
     """The tokenizer of a model folder or hub name; a clear error when there is none."""
     from transformers import AutoTokenizer
 
+    where = f"the folder {name_or_path}" if os.path.isdir(name_or_path) else f"{name_or_path!r}"
+    fix = "save one with tokenizer.save_pretrained(folder) or pass --tokenizer PATH_OR_NAME"
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, TypeError, KeyError) as err:
-        where = f"the folder {name_or_path}" if os.path.isdir(name_or_path) else f"{name_or_path!r}"
-        raise DataError(
-            f"{where} has no usable tokenizer ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-            "save one with tokenizer.save_pretrained(folder) or pass --tokenizer PATH_OR_NAME"
-        ) from err
+        raise DataError(f"{where} has no usable tokenizer ({type(err).__name__}: {str(err).splitlines()[0][:200]}); {fix}") from err
+    check_tokenizer(tokenizer, where, fix)
+    return tokenizer
+
+
+def check_tokenizer(tokenizer: Any, where: str, fix: str) -> None:
+    """transformers 5 builds an empty tokenizer (special tokens only) for a folder that has a
+    config but no vocabulary files; such a tokenizer would map every word to <unk>."""
+    if len(tokenizer) <= MIN_VOCAB:
+        raise DataError(f"{where} has no usable tokenizer (only {len(tokenizer)} tokens: no vocabulary files found); {fix}")
 
 
 def load_classifier(name_or_path: str, label_names: tuple[str, ...], seed: int = 0) -> nn.Module:

@@ -39,10 +39,3 @@ def tiny_llama_dir(tmp_path_factory):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-
-def sentiment_rows(n: int = 60) -> list[tuple[str, str]]:
-    """Separable toy sentiment: the label is in the words."""
-    good = ["great film", "wonderful acting", "I loved it", "superb and moving", "a delight"]
-    bad = ["terrible film", "awful acting", "I hated it", "boring and dull", "a mess"]
-    return [(good[i % 5] + f" {i}", "positive") if i % 2 == 0 else (bad[i % 5] + f" {i}", "negative") for i in range(n)]

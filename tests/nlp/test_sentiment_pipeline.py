@@ -1,0 +1,101 @@
+"""nlp.sentiment end to end on a tiny BERT (own CSV in, adapter out, predict), bad input, and
+the embedded corpus on the real MiniLM (integration)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from scalpel.core.cli import main
+from scalpel.core.errors import DataError
+from scalpel.nlp.sentiment.config import SentimentConfig
+from scalpel.nlp.sentiment.pipeline import run
+from scalpel.nlp.sentiment.predict import predict
+
+
+
+def sentiment_rows(n: int) -> list[tuple[str, str]]:
+    """Separable toy sentiment: the label is in the words."""
+    good = ["great film", "wonderful acting", "I loved it", "superb and moving", "a delight"]
+    bad = ["terrible film", "awful acting", "I hated it", "boring and dull", "a mess"]
+    return [(good[i % 5] + f" {i}", "positive") if i % 2 == 0 else (bad[i % 5] + f" {i}", "negative") for i in range(n)]
+
+
+def _csv(path, rows):
+    path.write_text("review,stars\n" + "".join(f'"{t}",{y}\n' for t, y in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert_dir):
+    tmp = tmp_path_factory.mktemp("sentiment")
+    data = _csv(tmp / "reviews.csv", sentiment_rows(120))
+    result = run(SentimentConfig(output_dir=str(tmp / "run"), model=str(tiny_bert_dir), train_file=str(data),
+                                 text_column="review", label_column="stars", method="full", epochs=4, batch_size=16,
+                                 lr=1e-3, max_length=16, device="cpu"))
+    return tmp, result
+
+
+def test_run_writes_adapter_report_and_plot(trained):
+    tmp, result = trained
+    run_dir = tmp / "run"
+    for name in ("report.md", "confusion_matrix.png", "test_metrics.json", "metrics.jsonl", "adapter/scalpel.json"):
+        assert (run_dir / name).is_file(), name
+    meta = json.loads((run_dir / "adapter" / "scalpel.json").read_text())
+    assert meta["extra"]["label_names"] == ["negative", "positive"]
+    assert meta["base_model"]["class"] == "transformers.BertForSequenceClassification"
+    test = json.loads((run_dir / "test_metrics.json").read_text())
+    assert sum(sum(r) for r in test["confusion_matrix"]) == 12
+    report = (run_dir / "report.md").read_text()
+    assert "macro-F1" in report and "![confusion matrix](confusion_matrix.png)" in report
+    assert result["metrics"]["accuracy"] >= 0.8  # the toy labels are in the words
+
+
+def test_predict_cli_texts_and_file(trained, capsys):
+    tmp, result = trained
+    adapter = tmp / "run" / "adapter"
+    assert main(["predict", "nlp.sentiment", "--adapter", str(adapter), "I loved it", "awful acting"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["I loved it", "awful acting"]
+    assert all(r["label"] in ("negative", "positive") and abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows)
+    batch = _csv(tmp / "batch.csv", sentiment_rows(10))
+    out = predict(adapter, [], {"file": str(batch), "text_column": "review", "label_column": "stars"})
+    assert len(out) == 10 and all("correct" in r for r in out)
+
+
+def test_unknown_label_at_prediction_is_refused(trained):
+    tmp, _ = trained
+    bad = _csv(tmp / "bad.csv", [("fine", "positive"), ("meh", "neutral")])
+    with pytest.raises(DataError, match=r"label\(s\) \['neutral'\].*known labels: \['negative', 'positive'\]"):
+        predict(tmp / "run" / "adapter", [], {"file": str(bad), "text_column": "review", "label_column": "stars"})
+
+
+def test_empty_text_at_prediction_is_refused(trained):
+    tmp, _ = trained
+    with pytest.raises(DataError, match="is empty"):
+        predict(tmp / "run" / "adapter", ["good", ""], {})
+
+
+def test_missing_column_and_model_without_tokenizer(tmp_path, tiny_bert_dir):
+    data = _csv(tmp_path / "d.csv", sentiment_rows(30))
+    with pytest.raises(DataError, match=r"columns found: \['review', 'stars'\]"):
+        run(SentimentConfig(output_dir=str(tmp_path / "r"), model=str(tiny_bert_dir), train_file=str(data)))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in tiny_bert_dir.iterdir():
+        if f.name in ("config.json", "model.safetensors"):
+            shutil.copy(f, bare / f.name)
+    with pytest.raises(DataError, match="has no usable tokenizer.*--tokenizer"):
+        run(SentimentConfig(output_dir=str(tmp_path / "r2"), model=str(bare), train_file=str(data),
+                            text_column="review", label_column="stars"))
+
+
+@pytest.mark.integration
+def test_embedded_minilm_on_vader_movies(tmp_path):
+    """The real MiniLM-L6 on a small stratified subset of the VADER movie snippets."""
+    result = run(SentimentConfig(output_dir=str(tmp_path / "run"), method="lora", max_train_samples=400,
+                                 max_eval_samples=200, max_length=48, epochs=2, batch_size=16, lr=1e-3, device="cpu"))
+    assert (tmp_path / "run" / "adapter" / "scalpel.json").is_file()
+    assert result["metrics"]["accuracy"] > 0.6  # chance is 0.5 (balanced classes)
