@@ -1,0 +1,105 @@
+"""Vision models (weights, heads, adaptable layers), metrics and tasks."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from scalpel.core.errors import DataError, UnknownNameError
+from scalpel.core.files import write_safetensors
+from scalpel.vision.metrics import ClassificationMeter, DetectionMeter, SegmentationMeter
+from scalpel.vision.models import SPECS, adaptable_layers, build_model, head_modules
+from scalpel.vision.tasks import DetectionTask, SegmentationTask, freeze_batchnorm
+
+
+def test_local_weights_load_and_the_head_is_resized(tmp_path):
+    source = build_model("lraspp_mobilenet_v3_large", 6)
+    write_safetensors(tmp_path / "w.safetensors", source.state_dict())
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    for file in ("w.safetensors", "w.pth"):
+        model = build_model("lraspp_mobilenet_v3_large", 3, weights=str(tmp_path / file))
+        assert torch.equal(model.backbone["0"][0].weight, source.backbone["0"][0].weight)
+        assert model.classifier.high_classifier.weight.shape[0] == 3
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    write_safetensors(tmp_path / "w.safetensors", build_model("resnet18", 3).state_dict())
+    with pytest.raises(DataError, match="do not fit this architecture"):
+        build_model("mobilenet_v3_small", 3, weights=str(tmp_path / "w.safetensors"))
+    with pytest.raises(DataError, match="does not exist"):
+        build_model("resnet18", 3, weights=str(tmp_path / "none.pth"))
+    with pytest.raises(UnknownNameError, match="unknown detection model"):
+        build_model("resnet18", 3, task="detection")
+
+
+def test_adaptable_layers_skip_heads_and_depthwise_convs():
+    model = build_model("ssdlite320_mobilenet_v3_large", 4, image_size=64)
+    spec = SPECS["ssdlite320_mobilenet_v3_large"]
+    names = adaptable_layers(model, spec)
+    modules = dict(model.named_modules())
+    assert names and all(getattr(modules[n], "groups", 1) == 1 for n in names)
+    assert not any(n.startswith("head.classification_head") for n in names)
+    assert head_modules(model, spec) == ["head.classification_head"]
+
+
+def test_segmentation_meter_matches_hand_counts():
+    meter = SegmentationMeter(["bg", "a", "b"], ignore_index=255)
+    target = torch.tensor([[[0, 0, 1, 1], [2, 2, 255, 1]]])
+    predicted = torch.tensor([[[0, 1, 1, 1], [2, 0, 2, 0]]])
+    meter.update(predicted, target)
+    out = meter.compute()
+    # bg: tp 1, fp 2 (two pixels of a and b predicted bg), fn 1 -> 1/4; a: tp 2, fp 1, fn 1 -> 2/4; b: tp 1, fn 1 -> 1/2
+    assert out["iou/bg"] == pytest.approx(1 / 4) and out["iou/a"] == pytest.approx(0.5) and out["iou/b"] == pytest.approx(0.5)
+    assert out["miou"] == pytest.approx((1 / 4 + 0.5 + 0.5) / 3)
+    assert out["pixel_accuracy"] == pytest.approx(4 / 7)
+
+
+def test_classification_meter_agrees_with_sklearn():
+    rng = np.random.default_rng(0)
+    labels, predicted = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+    meter = ClassificationMeter(list("wxyz"))
+    meter.update(torch.from_numpy(predicted), torch.from_numpy(labels))
+    out = meter.compute()
+    assert out["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"))
+    assert out["accuracy"] == pytest.approx((labels == predicted).mean())
+    assert sum(map(sum, meter.confusion_matrix())) == 50
+
+
+def test_detection_map_is_one_for_perfect_boxes_and_lower_for_shifted():
+    targets = [{"boxes": torch.tensor([[10.0, 10, 40, 40], [50, 50, 90, 80]]), "labels": torch.tensor([1, 2])}]
+    perfect = [{**targets[0], "scores": torch.tensor([0.9, 0.8])}]
+    meter = DetectionMeter(["a", "b"])
+    meter.update(perfect, targets)
+    out = meter.compute()
+    assert out["map"] == pytest.approx(1.0) and out["ap/a"] == pytest.approx(1.0)
+    shifted = [{"boxes": targets[0]["boxes"] + 3, "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.8])}]
+    meter = DetectionMeter(["a", "b"])
+    meter.update(shifted, targets)
+    worse = meter.compute()
+    assert worse["map"] < 0.6 and worse["map_50"] == pytest.approx(1.0) and worse["map_75"] == 0.0  # IoUs 0.68, 0.71
+
+
+def test_detection_task_trains_on_empty_images_and_keeps_bn_statistics():
+    model = build_model("ssdlite320_mobilenet_v3_large", 3, image_size=64)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    targets = [{"boxes": torch.tensor([[5.0, 5, 30, 30]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    out = DetectionTask(["a", "b"]).step(model, (images, targets))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and torch.equal(bn.running_mean, before)
+    DetectionTask(["a", "b"], freeze_bn=False).step(model, (images, targets))
+    assert not torch.equal(bn.running_mean, before)
+
+
+def test_segmentation_task_adds_aux_loss_and_ignores_pixels():
+    model = build_model("deeplabv3_mobilenet_v3_large", 3, aux_loss=True)
+    freeze_batchnorm(model)
+    images = torch.rand(2, 3, 64, 64)
+    masks = torch.full((2, 64, 64), 255, dtype=torch.long)
+    masks[:, :8] = 1
+    out = SegmentationTask(["bg", "a", "b"]).step(model, (images, masks))
+    assert float(out["loss"]) == pytest.approx(float(out["main_loss"] + 0.5 * out["aux_loss"]), rel=1e-5)
+    masks[:, 8:] = 2  # the ignored pixels now count, so the loss changes
+    assert SegmentationTask(["bg", "a", "b"]).step(model, (images, masks))["main_loss"].item() != pytest.approx(out["main_loss"].item())
