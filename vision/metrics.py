@@ -37,6 +37,7 @@ class DetectionMeter:
 
         self.class_names = list(class_names)
         self.metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend=_coco_backend())
+        self.metric.warn_on_many_detections = False  # COCO keeps the 100 best per image, as intended
 
     def update(self, predictions: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> None:
         """``predictions``: per image ``boxes [N, 4]``, ``scores [N]``, ``labels [N]``; ``targets``: ``boxes``, ``labels``."""
