@@ -1,0 +1,91 @@
+"""Vision page: upload images; detections drawn with labels and scores above a threshold,
+segmentation overlays with an opacity slider, classification probabilities; results
+downloadable (COCO JSON for detections, PNG label masks for segmentation).
+
+The base is built once per (model, classes, weights) with ``st.cache_resource``; the
+adapters of that base are loaded onto it once and switched (:class:`AdapterSlots`).
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from scalpel.apps.common import MAX_UPLOAD_MB, cached, friendly_errors, pick_run, too_large
+from scalpel.apps.runs import AdapterSlots, RunInfo
+from scalpel.apps import vision_infer as vi
+
+MAX_IMAGES = 16
+
+
+@cached
+def _base(key: tuple, _extra: dict) -> AdapterSlots:
+    return AdapterSlots(vi.build_base(_extra))
+
+
+def vision_model(run: RunInfo):
+    return _base(vi.base_key(run.extra), run.extra).activate(run.adapter_dir)
+
+
+def main() -> None:
+    st.header("Vision")
+    run = pick_run(vi.VISION_TASKS, "vision.detection", key="run_vision")
+    if run is None:
+        return
+    task, names = run.extra.get("task"), list(run.extra.get("class_names", []))
+    st.caption(f"{task} - classes: {', '.join(names)}")
+    uploads = st.file_uploader(f"Images (PNG/JPEG, at most {MAX_IMAGES}, {MAX_UPLOAD_MB} MB in all)", accept_multiple_files=True,
+                               key="vision_images")
+    if task == "detection":
+        threshold = st.slider("Score threshold", 0.0, 1.0, 0.3, 0.01, key="vision_threshold")
+    elif task == "segmentation":
+        opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="vision_opacity")
+    if not uploads:
+        st.info("Upload one or more images.")
+        return
+    if too_large(uploads):
+        return
+    if len(uploads) > MAX_IMAGES:
+        st.error(f"{len(uploads)} images uploaded; the page handles at most {MAX_IMAGES} at a time.")
+        return
+    with friendly_errors("Cannot run the model"):
+        model = None
+        detections, masks = [], []
+        for upload in uploads:
+            try:
+                image = vi.decode_image(upload.name, upload.getvalue())
+            except vi.DataError as err:
+                st.error(str(err))
+                continue
+            if model is None:
+                with st.spinner("Loading the model..."):
+                    model = vision_model(run)
+            st.subheader(upload.name)
+            if task == "detection":
+                prediction = vi.detect(model, image)
+                detections.append((upload.name, image, prediction))
+                rows = vi.detections_table(prediction, names, threshold)
+                st.image(vi.draw(image, prediction, names, threshold), caption=f"{len(rows)} detection(s) >= {threshold:.2f}")
+                if rows:
+                    st.dataframe(rows, hide_index=True)
+            elif task == "segmentation":
+                mask = vi.segment(model, image, int(run.extra.get("image_size") or 256))
+                masks.append((upload.name, mask))
+                st.image(vi.blend(image, mask, int(run.extra["num_classes"]), opacity), caption="segmentation overlay")
+                counts = {names[k] if k < len(names) else str(k): int((mask == k).sum()) for k in range(int(run.extra["num_classes"]))}
+                st.dataframe([{"class": k, "pixels": v} for k, v in counts.items() if v], hide_index=True)
+            else:
+                probs = vi.classify(model, image, int(run.extra.get("image_size") or 224), names)
+                st.image(image)
+                st.dataframe(sorted(({"class": k, "probability": round(v, 4)} for k, v in probs.items()),
+                                    key=lambda r: -r["probability"]), hide_index=True)
+        if detections:
+            st.download_button("Download detections (COCO JSON)", vi.coco_json(detections, names, threshold),
+                               file_name="detections.json", mime="application/json", key="vision_coco")
+        if masks:
+            st.download_button("Download masks (PNG, zipped)", vi.masks_zip(masks), file_name="masks.zip",
+                               mime="application/zip", key="vision_masks")
+
+
+if __name__ == "__main__":
+    st.set_page_config(page_title="Scalpel: vision", layout="wide")
+    main()
