@@ -205,6 +205,12 @@ def run_pipeline(config: VisionConfig) -> dict[str, Any]:
                         image_size=config.image_size, task=config.task)
     task = make_task(config, class_names)
     before = evaluate(config, model, task, split.val)
+    if config.teacher:  # distillation composes with any method: only the loss changes
+        from scalpel.vision.distill import VisionDistillTask
+
+        teacher = build_model(config.teacher_model or config.model, num_outputs(config.task, class_names),
+                              weights=config.teacher, image_size=config.image_size, task=config.task)
+        task = VisionDistillTask(task, teacher, alpha=config.distill_alpha, temperature=config.distill_temperature)
 
     options: dict[str, Any] = {}
     if config.method in ("lora", "dora", "rslora"):
@@ -248,7 +254,7 @@ def run_pipeline(config: VisionConfig) -> dict[str, Any]:
     summary = {
         "task": config.task, "method": config.method, "model": config.model,
         "before": before, "after": after, "trainable_parameters": trainable, "total_parameters": total,
-        "train_seconds": seconds, "steps": result.steps, "data": [r.as_dict() for r in split.reports],
+        "train_seconds": seconds, "steps": result.steps, "teacher": config.teacher or None, "data": [r.as_dict() for r in split.reports],
     }
     write_json(run_dir / "summary.json", summary)
     write_report(run_dir, config, summary, model, task, split.val, class_names)

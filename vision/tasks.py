@@ -92,7 +92,7 @@ class SegmentationTask:
             aux = F.cross_entropy(out["aux"], masks, ignore_index=self.ignore_index)
             loss = loss + self.aux_weight * aux
             result["aux_loss"] = aux.detach()
-        return {"loss": loss, "logits": out["out"].detach(), **result}
+        return {"loss": loss, "logits": out["out"], **result}  # logits keep their graph for distillation
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable) -> dict[str, float]:
@@ -118,7 +118,7 @@ class ClassificationTask:
         images, labels = batch
         _train_mode(model, self.freeze_bn)
         logits = model(images)
-        return {"loss": F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing), "logits": logits.detach()}
+        return {"loss": F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing), "logits": logits}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable) -> dict[str, float]:

@@ -67,3 +67,14 @@ def test_bad_config_lists_every_problem():
     assert len(err.value.problems) == 3
     with pytest.raises(ConfigError, match="needs --masks"):
         SegmentationConfig(data="some/images")
+
+
+@pytest.mark.integration
+def test_classification_with_a_teacher_distils(tmp_path):
+    pipeline = get_pipeline("vision.classification")
+    first = pipeline.run(pipeline.config_cls(output_dir=str(tmp_path / "teacher"), quick=True, method="full"))
+    config = pipeline.config_cls(output_dir=str(tmp_path / "student"), quick=True, method="lora",
+                                 base_dir=str(tmp_path / "teacher"), teacher=first["merged"], distill_alpha=0.7)
+    pipeline.run(config)
+    summary = json.loads((tmp_path / "student" / "summary.json").read_text())
+    assert summary["teacher"] == first["merged"] and (tmp_path / "student" / "adapter" / "scalpel.json").is_file()
