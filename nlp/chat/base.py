@@ -105,5 +105,5 @@ def pretrain_base(directory: str | Path, *, steps: int = 300, batch_size: int = 
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    log.info("pre-trained the base decoder in %.0f s (final loss %.3f) -> %s", time.perf_counter() - started, float(loss), directory)
+    log.info("pre-trained the base decoder in %.0f s (final loss %.3f) -> %s", time.perf_counter() - started, loss.item(), directory)
     return directory
