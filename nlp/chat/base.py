@@ -101,9 +101,9 @@ def pretrain_base(directory: str | Path, *, steps: int = 300, batch_size: int = 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step % 50 == 0 or step == steps - 1:
-            log.info("pre-training step %d/%d: loss %.3f", step + 1, steps, loss.item())
+            log.info("pre-training step %d/%d: loss %.3f", step + 1, steps, loss.detach().item())
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    log.info("pre-trained the base decoder in %.0f s (final loss %.3f) -> %s", time.perf_counter() - started, loss.item(), directory)
+    log.info("pre-trained the base decoder in %.0f s (final loss %.3f) -> %s", time.perf_counter() - started, loss.detach().item(), directory)
     return directory
