@@ -78,6 +78,7 @@ class DetectionConfig(VisionConfig):
     task: ClassVar[str] = "detection"
     output_dir: str = field(default="runs/vision-detection", metadata={"help": "run directory"})
     model: str = field(default="ssdlite320_mobilenet_v3_large", metadata={"help": "torchvision detector"})
+    group_aspect_ratio: bool = field(default=False, metadata={"help": "batch images of similar aspect ratio together (less padding)"})
 
 
 @dataclass(frozen=True)

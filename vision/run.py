@@ -94,6 +94,11 @@ def _dataset_factory(config: VisionConfig):
 
 def loader(config: VisionConfig, dataset, *, train: bool) -> DataLoader:
     collate = vd.collate_detection if config.task == "detection" else None
+    if train and getattr(config, "group_aspect_ratio", False):
+        base, indices = (dataset.dataset, dataset.indices) if isinstance(dataset, Subset) else (dataset, range(len(dataset)))
+        ratios = [base.aspect_ratios()[i] for i in indices]
+        sampler = vd.AspectRatioBatchSampler(ratios, config.batch_size, seed=config.seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
     generator = torch.Generator().manual_seed(config.seed)
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=train, collate_fn=collate, generator=generator,
                       drop_last=train and len(dataset) > config.batch_size)

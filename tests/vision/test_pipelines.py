@@ -78,3 +78,13 @@ def test_classification_with_a_teacher_distils(tmp_path):
     pipeline.run(config)
     summary = json.loads((tmp_path / "student" / "summary.json").read_text())
     assert summary["teacher"] == first["merged"] and (tmp_path / "student" / "adapter" / "scalpel.json").is_file()
+
+
+def test_aspect_ratio_grouping_feeds_every_training_image_once(tmp_path):
+    from scalpel.vision.run import loader, synthetic_domains, synthetic_split
+
+    config = DetectionConfig(output_dir=str(tmp_path), quick=True, group_aspect_ratio=True, batch_size=4)
+    split = synthetic_split(config, synthetic_domains(config, tmp_path / "data")["target"])
+    batches = list(loader(config, split.train, train=True))
+    assert sum(len(images) for images, _ in batches) == len(split.train)
+    assert all(len(images) <= 4 for images, _ in batches)
