@@ -23,6 +23,8 @@ from scalpel.vision.run import run_pipeline
 
 def load_adapted(adapter_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the base recorded in the adapter's ``scalpel.json`` and load the adapter onto it."""
+    if not Path(adapter_dir).is_dir():
+        raise AdapterError(f"adapter directory {adapter_dir} does not exist; pass the run's adapter folder (runs/<name>/adapter)")
     meta = read_adapter_meta(adapter_dir)
     extra = meta.get("extra", {})
     if "model" not in extra or "task" not in extra:

@@ -61,6 +61,13 @@ def test_pipeline_end_to_end(tmp_path, name, method, headline):
     assert len(rows) == 1 and rows[0]["image"] == str(image)
 
 
+def test_predict_names_a_missing_adapter(tmp_path):
+    from scalpel.core.errors import AdapterError
+
+    with pytest.raises(AdapterError, match="does not exist"):
+        get_pipeline("vision.detection").predict(tmp_path / "nope", ["x.png"], {})
+
+
 def test_bad_config_lists_every_problem():
     with pytest.raises(ConfigError) as err:
         DetectionConfig(method="magic", val_fraction=1.5, batch_size=0)
