@@ -38,6 +38,12 @@ demo-quick: install assets
 app: install
 	$(VENV)/bin/scalpel app
 
+# End-to-end browser test of the apps with headless Chromium (Debian packages; needs root or sudo).
+test-browser: install
+	command -v chromium >/dev/null && test -x /usr/bin/chromedriver || \
+	  { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
+	SCALPEL_SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest tests/apps/test_browser.py -m browser $(PYTEST_ARGS)
+
 bench: install assets
 	$(PY) benchmarks/run_all.py
 

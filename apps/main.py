@@ -11,14 +11,14 @@ from pathlib import Path
 import streamlit as st
 
 HERE = Path(__file__).resolve().parent
-PAGES = {"nlp": ("NLP: sentiment and chat", "💬"), "vision": ("Vision: detection and segmentation", "🖼️"),
-         "medical": ("Medical imaging (DICOM)", "🩻")}
+PAGES = {"nlp": ("NLP: sentiment and chat", ":material/chat:"), "vision": ("Vision: detection and segmentation", ":material/image:"),
+         "medical": ("Medical imaging (DICOM)", ":material/radiology:")}
 
 
 def main() -> None:
     st.set_page_config(page_title="Scalpel", layout="wide")
-    pages = [st.Page(str(HERE / f"{name}_page.py"), title=title, icon=icon, url_path=name)
-             for name, (title, icon) in PAGES.items()]
+    pages = [st.Page(str(HERE / f"{name}_page.py"), title=title, icon=icon, url_path=name, default=i == 0)
+             for i, (name, (title, icon)) in enumerate(PAGES.items())]
     st.navigation(pages).run()
 
 

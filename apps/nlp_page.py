@@ -190,7 +190,10 @@ def chat_page() -> None:
 
 def main() -> None:
     mode = st.sidebar.radio("NLP task", ["Sentiment", "Chat"], key="nlp_mode")
-    sentiment_page() if mode == "Sentiment" else chat_page()
+    if mode == "Sentiment":
+        sentiment_page()
+    else:
+        chat_page()
 
 
 if __name__ == "__main__":
