@@ -19,7 +19,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = [
@@ -30,6 +32,7 @@ pytestmark = [
 selenium = pytest.importorskip("selenium", reason="needs selenium (pip install 'scalpel-peft[dev]')")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "medical"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _free_port() -> int:
@@ -41,11 +44,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(nlp_runs, tmp_path_factory):
     from scalpel.apps.cli import command
+    from test_vision_page import _run as vision_run
 
+    root = tmp_path_factory.mktemp("server")
+    shutil.copytree(nlp_runs, root / "runs")
+    vision_run(root / "runs", "detector", "ssdlite320_mobilenet_v3_large", "detection", 64)
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
+    log = root / "streamlit.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(command("all", port=port), env={**os.environ, "SCALPEL_RUNS": str(nlp_runs)},
+        proc = subprocess.Popen(command("all", port=port), env={**os.environ, "SCALPEL_RUNS": str(root / "runs")},
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         for _ in range(120):
@@ -128,6 +135,11 @@ def test_sentiment_on_typed_text_and_vision_page(server, browser, tmp_path):
     _wait_text(browser, "Download results (CSV)")  # the table itself is drawn on a canvas
     assert browser.find_elements("css selector", "[data-testid='stDataFrame']")
     _shot(browser, tmp_path, "nlp")
+    image = tmp_path / "street.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(image)
     browser.get(server + "/vision")
-    _wait_text(browser, "Vision")
+    _wait_css(browser, "input[type=file]")[0].send_keys(str(image))
+    _wait_text(browser, "detection(s)")
+    _wait_text(browser, "Download detections (COCO JSON)")
     _shot(browser, tmp_path, "vision")
