@@ -11,10 +11,7 @@ import streamlit as st
 
 from scalpel.apps.common import MAX_UPLOAD_MB, friendly_errors, runs_dir_input, too_large
 from scalpel.apps.dicom_upload import UploadedSeries, group_series, read_uploads, to_display
-from scalpel.apps.runs import HOW_TO_MAKE_ONE, find_runs
 from scalpel.medical.dicom.pixels import WINDOW_PRESETS
-
-SEGMENTATION_TASKS = ("medical.segmentation",)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -42,28 +39,20 @@ def viewer(series: UploadedSeries) -> None:
     st.caption(f"slice {index}/{n} - window centre {center:g}, width {width:g}")
 
 
-def segmentation_note(root: str) -> None:
-    runs, _ = find_runs(root, SEGMENTATION_TASKS)
-    try:
-        import scalpel.medical.segmentation  # noqa: F401
-    except ImportError:
-        st.caption("Segmentation overlay: the medical segmentation pipeline is not installed.")
-        return
-    if not runs:
-        st.caption("Segmentation overlay: " + HOW_TO_MAKE_ONE.format(root=root, pipeline="medical.segmentation"))
-    else:
-        st.caption(f"Segmentation overlay: {len(runs)} medical segmentation run(s) found, but the app cannot run them "
-                   "yet (the medical segmentation pipeline publishes no predict function); use the CLI.")
+def segmentation_note() -> None:
+    """The segmentation overlay needs a published medical segmentation predict function (not there yet)."""
+    st.caption("Segmentation overlay and DICOM SEG download: not available in the app yet (the medical "
+               "segmentation pipeline publishes no predict function); the viewer shows the images only.")
 
 
 def main() -> None:
     st.header("Medical imaging (DICOM)")
-    root = runs_dir_input()
+    runs_dir_input()  # shared sidebar control (the other pages list runs from it)
     show_phi = st.sidebar.checkbox("Show patient information", value=False, key="dicom_phi",
                                    help="Patient name, ID, birth date... are hidden unless ticked")
     uploads = st.file_uploader(f"DICOM files or a .zip of a series (at most {MAX_UPLOAD_MB} MB)", accept_multiple_files=True,
                                key="dicom_files")
-    segmentation_note(root)
+    segmentation_note()
     if not uploads:
         st.info("Upload the slices of a series (or one zip). Nothing is written to disk.")
         return
