@@ -1,0 +1,209 @@
+"""Site adaptation: a base segmentation checkpoint + a site's DICOM and labels -> one small adapter.
+
+    base = save_base(model, BaseSpec(unet=UNetSpec(...), structures=[...], window=(-200, 600), patch=(32, 32, 32)), "base/")
+    result = adapt_site("base/", "site_b/", "runs/site_b", AdaptOptions(method="lora", site="B"))
+    model = load_site_adapter("base/", "runs/site_b/adapter")      # refuses an adapter of another base
+
+A base is ``model.safetensors`` + ``model.json`` (the :class:`BaseSpec`). The flow of
+:func:`adapt_site`: de-identified ingest (default) -> held-out split by case -> base
+metrics on the held-out cases -> the method applied and trained with :func:`fit` -> adapted
+metrics -> the adapter saved with the base's SHA-256 and the site -> ``report.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from scalpel.core import count_parameters, load_adapter, read_adapter_meta, save_adapter
+from scalpel.core.config import raise_if_problems
+from scalpel.core.errors import AdapterError, BaseModelMismatchError
+from scalpel.core.files import atomic_write, read_json, read_safetensors, write_json, write_safetensors
+from scalpel.core.fit import FitConfig, fit
+from scalpel.core.recipes import adapt, method_names
+from scalpel.medical.segmentation import SegmentationTask, UNetSpec
+from scalpel.medical.site import PatchBatches, eval_batches, ingest_site, load_cases, split_cases
+
+WEIGHTS, SPEC = "model.safetensors", "model.json"
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """What a base checkpoint is: the network, the structures it segments, its input normalisation."""
+
+    unet: UNetSpec
+    structures: tuple[str, ...]
+    window: tuple[float, float] = (-200.0, 600.0)
+    """HU window mapped onto [0, 1] before the network"""
+    patch: tuple[int, ...] = (32, 32, 32)
+    """training patch and inference window"""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if len(self.structures) != self.unet.out_channels - 1:
+            problems.append(f"{len(self.structures)} structures but the network has {self.unet.out_channels} outputs (background + structures)")
+        if self.window[1] <= self.window[0]:
+            problems.append(f"window {self.window}: high must exceed low")
+        if len(self.patch) != self.unet.spatial_dims or any(p % self.unet.downsampling for p in self.patch):
+            problems.append(f"patch {self.patch} must have {self.unet.spatial_dims} sizes, each a multiple of {self.unet.downsampling}")
+        raise_if_problems("base spec", problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unet": self.unet.to_dict(), "structures": list(self.structures), "window": list(self.window), "patch": list(self.patch)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BaseSpec:
+        return cls(UNetSpec.from_dict(data["unet"]), tuple(data["structures"]), tuple(data["window"]), tuple(data["patch"]))
+
+
+@dataclass(frozen=True)
+class AdaptOptions:
+    method: str = field(default="lora", metadata={"help": "lora, sparse, layerwise, full, ..."})
+    site: str = field(default="site", metadata={"help": "site name recorded in the adapter"})
+    deidentify: bool = field(default=True, metadata={"help": "de-identify the DICOM into the run directory before reading"})
+    holdout: float = field(default=0.34, metadata={"help": "fraction of cases held out for evaluation"})
+    steps: int = field(default=60, metadata={"help": "optimizer steps"})
+    lr: float = field(default=5e-3, metadata={"help": "peak learning rate"})
+    batch_size: int = field(default=2, metadata={"help": "patches per step"})
+    r: int = field(default=4, metadata={"help": "LoRA rank"})
+    density: float = field(default=0.03, metadata={"help": "sparse: fraction of weights trained"})
+    blocks: str = field(default="first 1", metadata={"help": "layer-wise: blocks to train"})
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.method not in method_names():
+            problems.append(f"method {self.method!r} unknown; choose from {', '.join(method_names())}")
+        if not 0 < self.holdout < 1:
+            problems.append(f"holdout must be in (0, 1), got {self.holdout}")
+        if self.steps < 1:
+            problems.append(f"steps must be >= 1, got {self.steps}")
+        raise_if_problems("adapt options", problems)
+
+
+def save_base(model: nn.Module, spec: BaseSpec, folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(folder / WEIGHTS, {k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    write_json(folder / SPEC, spec.to_dict())
+    return folder
+
+
+def load_base(folder: str | os.PathLike) -> tuple[nn.Module, BaseSpec, str]:
+    """Rebuild a base: ``(model in eval mode, spec, SHA-256 of its weights)``."""
+    folder = Path(folder)
+    if not (folder / WEIGHTS).is_file() or not (folder / SPEC).is_file():
+        raise AdapterError(f"{folder} is not a base checkpoint: it needs {WEIGHTS} and {SPEC} (see save_base)")
+    spec = BaseSpec.from_dict(read_json(folder / SPEC))
+    model = spec.unet.build()
+    model.load_state_dict(read_safetensors(folder / WEIGHTS))
+    return model.eval(), spec, hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()
+
+
+def method_options(options: AdaptOptions) -> dict[str, Any]:
+    """Options for :func:`scalpel.core.recipes.adapt`: LoRA on every convolution of the network."""
+    if options.method in ("lora", "dora", "rslora"):
+        return {"target_types": ("Conv2d", "Conv3d"), "r": options.r, "alpha": 2.0 * options.r}
+    if options.method == "sparse":
+        return {"density": options.density, "scorer": "fisher", "num_batches": 4}
+    if options.method == "layerwise":
+        return {"blocks": (options.blocks,)}
+    return {}
+
+
+def adapt_site(base_dir: str | os.PathLike, site: str | os.PathLike, run_dir: str | os.PathLike,
+               options: AdaptOptions | None = None) -> dict[str, Any]:
+    """Adapt the base in ``base_dir`` to the labelled cases in ``site``; return the results.
+
+    Returns:
+        ``{"run_dir", "adapter_dir", "report", "base": metrics, "adapted": metrics,
+        "trainable", "total", "train_seconds", "train_cases", "eval_cases", "skipped"}``.
+
+    Raises:
+        DataError: see :func:`~scalpel.medical.site.load_cases`; AdapterError: no base there.
+    """
+    options = options or AdaptOptions()
+    run_dir = Path(run_dir)
+    model, spec, base_sha = load_base(base_dir)
+    series_root = ingest_site(site, run_dir, deidentify=options.deidentify)
+    cases, skipped = load_cases(series_root, Path(site) / "labels", window=spec.window, min_size=spec.patch)
+    train, held_out = split_cases(cases, options.holdout, options.seed)
+    task = SegmentationTask(spec.structures, spec.patch)
+    evaluation = eval_batches(held_out)
+    base_metrics = task.evaluate(model, evaluation)
+    train_batches = PatchBatches(train, spec.patch, batch_size=options.batch_size, batches=4, seed=options.seed)
+    model = adapt(model, options.method, data=train_batches, **method_options(options))
+    trainable, total = count_parameters(model)
+    started = time.perf_counter()
+    result = fit(model, task, train_batches, evaluation,
+                 FitConfig(output_dir=str(run_dir / "fit"), max_steps=options.steps, lr=options.lr, eval_every=max(1, options.steps // 3),
+                           metric="dice", greater_is_better=True, save_every=0, progress=False, seed=options.seed, overwrite=True))
+    seconds = time.perf_counter() - started
+    adapted_metrics = task.evaluate(model, evaluation)
+    adapter_dir = save_adapter(
+        model, run_dir / "adapter", metrics=adapted_metrics,
+        extra={"site": options.site, "method": options.method, "base_sha256": base_sha, "structures": list(spec.structures),
+               "train_cases": [c.name for c in train], "eval_cases": [c.name for c in held_out]},
+        base_model={"spec": spec.to_dict(), "sha256": base_sha},
+    )
+    summary = {"run_dir": str(run_dir), "adapter_dir": str(adapter_dir), "base": base_metrics, "adapted": adapted_metrics,
+               "trainable": trainable, "total": total, "train_seconds": seconds, "steps": result.steps,
+               "train_cases": len(train), "eval_cases": len(held_out), "skipped": skipped, "method": options.method, "site": options.site}
+    report = run_dir / "report.md"
+    with atomic_write(report, "w") as handle:
+        handle.write(format_report(summary, spec.structures))
+    summary["report"] = str(report)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def load_site_adapter(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike) -> nn.Module:
+    """The base with a site adapter loaded; refuses an adapter trained on another base.
+
+    Raises:
+        BaseModelMismatchError: the adapter records another base checkpoint (SHA-256) or shapes.
+    """
+    model, _, sha = load_base(base_dir)
+    recorded = read_adapter_meta(adapter_dir).get("extra", {}).get("base_sha256")
+    if recorded and recorded != sha:
+        raise BaseModelMismatchError(f"the adapter {adapter_dir} was trained on the base with SHA-256 {recorded[:12]}..., "
+                                     f"not on {base_dir} ({sha[:12]}...); load it onto its own base or adapt this base again")
+    return load_adapter(model, adapter_dir)
+
+
+def train_base(site: str | os.PathLike, base_dir: str | os.PathLike, spec: BaseSpec, *, steps: int = 150,
+               lr: float = 1e-2, seed: int = 0) -> dict[str, Any]:
+    """Train a base network from scratch on every labelled case of ``site`` (no de-identification:
+    a base is built from data already cleared for it) and save it with :func:`save_base`."""
+    torch.manual_seed(seed)
+    model = spec.unet.build()
+    cases, _ = load_cases(Path(site) / "dicom", Path(site) / "labels", window=spec.window, min_size=spec.patch)
+    task = SegmentationTask(spec.structures, spec.patch, hd95=False)
+    batches = PatchBatches(cases, spec.patch, batch_size=2, batches=4, seed=seed)
+    result = fit(model, task, batches, None, FitConfig(output_dir=str(Path(base_dir) / "fit"), max_steps=steps, lr=lr,
+                                                      save_every=0, progress=False, seed=seed, overwrite=True))
+    save_base(model.eval(), spec, base_dir)
+    return {"base_dir": str(base_dir), "steps": result.steps, "train_seconds": result.train_seconds, "cases": len(cases)}
+
+
+def format_report(s: dict[str, Any], structures: tuple[str, ...]) -> str:
+    lines = [f"# Site adaptation: {s['site']} ({s['method']})", "",
+             f"{s['train_cases']} training case(s), {s['eval_cases']} held-out case(s); {s['steps']} steps in {s['train_seconds']:.1f} s; "
+             f"trainable parameters {s['trainable']:,} of {s['total']:,} ({100 * s['trainable'] / max(1, s['total']):.2f}%).", "",
+             "| structure | Dice base | Dice adapted | HD95 base (mm) | HD95 adapted (mm) |", "|---|---|---|---|---|"]
+    for name in [*structures, None]:
+        key = f"/{name}" if name else ""
+        label = name or "**mean**"
+        lines.append(f"| {label} | {s['base']['dice' + key]:.3f} | {s['adapted']['dice' + key]:.3f} | "
+                     f"{s['base']['hd95' + key]:.2f} | {s['adapted']['hd95' + key]:.2f} |")
+    if s["skipped"]:
+        lines += ["", "Skipped cases:", *[f"- {why}" for why in s["skipped"]]]
+    return "\n".join(lines) + "\n"
+

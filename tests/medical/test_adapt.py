@@ -1,0 +1,93 @@
+"""Site adaptation end to end on tiny synthetic sites, and the bad inputs it must refuse clearly."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from scalpel.core import read_adapter_meta
+from scalpel.core.errors import BaseModelMismatchError, ConfigError, DataError
+from scalpel.medical.adapt import AdaptOptions, BaseSpec, adapt_site, load_site_adapter, save_base, train_base
+from scalpel.medical.segmentation import UNetSpec
+from scalpel.medical.synthetic import STRUCTURES, write_nifti, write_site
+
+SPEC = BaseSpec(UNetSpec(out_channels=3, channels=(4, 8), strides=(2,)), STRUCTURES, patch=(16, 16, 16))
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sites")
+    write_site(root / "A", "A", cases=2, shape=(16, 16, 16), seed=1)
+    write_site(root / "B", "B", cases=3, shape=(16, 16, 16), seed=2)
+    train_base(root / "A", root / "base", SPEC, steps=3)
+    return root
+
+
+def test_adapt_site_writes_adapter_report_and_deidentified_ingest(sites, tmp_path):
+    from scalpel.core.cli import main
+
+    run = tmp_path / "run"
+    assert main(["medical", "adapt", str(sites / "base"), str(sites / "B"), "--out", str(run),
+                 "--method", "lora", "--site", "B", "--steps", "2"]) == 0
+    meta = read_adapter_meta(run / "adapter")
+    assert meta["extra"]["site"] == "B" and meta["extra"]["method"] == "lora"
+    assert len(meta["extra"]["base_sha256"]) == 64
+    report = (run / "report.md").read_text()
+    for name in STRUCTURES:
+        assert f"| {name} |" in report
+    assert "trainable parameters" in report
+    ingested = sorted((run / "ingest").rglob("*.dcm")) or sorted(p for p in (run / "ingest").rglob("*") if p.is_file())
+    assert ingested
+    header = pydicom.dcmread(ingested[0], stop_before_pixels=True)
+    assert "Synthetic" not in str(header.get("PatientName", ""))
+    model = load_site_adapter(sites / "base", run / "adapter")
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_adapter_from_another_base_is_refused(sites, tmp_path):
+    run = tmp_path / "run"
+    adapt_site(sites / "base", sites / "B", run, AdaptOptions(method="full", steps=1, deidentify=False))
+    torch.manual_seed(123)
+    save_base(SPEC.unet.build(), SPEC, tmp_path / "other_base")
+    with pytest.raises(BaseModelMismatchError, match="another base|trained on the base"):
+        load_site_adapter(tmp_path / "other_base", run / "adapter")
+
+
+def test_label_off_the_image_grid_is_refused(sites, tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(sites / "B", site)
+    label = site / "labels" / "B000.nii.gz"
+    write_nifti(label, np.zeros((16, 16, 15), np.uint8), np.eye(4))
+    with pytest.raises(DataError, match="B000.*geometry"):
+        adapt_site(sites / "base", site, tmp_path / "run", AdaptOptions(steps=1, deidentify=False))
+
+
+def test_series_smaller_than_the_patch_is_refused(sites, tmp_path):
+    site = tmp_path / "site"
+    write_site(site, "B", cases=2, shape=(16, 16, 8), seed=5)
+    with pytest.raises(DataError, match="smaller than the 16x16x16 patch"):
+        adapt_site(sites / "base", site, tmp_path / "run", AdaptOptions(steps=1, deidentify=False))
+
+
+def test_site_without_usable_series_is_refused(sites, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "dicom").mkdir(parents=True)
+    with pytest.raises(DataError, match="no case folders"):
+        adapt_site(sites / "base", empty, tmp_path / "run1", AdaptOptions(steps=1))
+    unlabeled = tmp_path / "unlabeled"
+    shutil.copytree(sites / "B" / "dicom", unlabeled / "dicom")
+    (unlabeled / "labels").mkdir()
+    with pytest.raises(DataError, match="no usable series"):
+        adapt_site(sites / "base", unlabeled, tmp_path / "run2", AdaptOptions(steps=1, deidentify=False))
+
+
+def test_bad_options():
+    with pytest.raises(ConfigError) as err:
+        AdaptOptions(method="magic", holdout=1.5, steps=0)
+    assert len(err.value.problems) == 3
+    with pytest.raises(ConfigError, match="multiple of 2"):
+        BaseSpec(SPEC.unet, STRUCTURES, patch=(15, 16, 16))
