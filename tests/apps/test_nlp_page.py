@@ -79,3 +79,23 @@ def test_sentiment_csv_upload_and_bad_uploads_in_the_page(nlp_runs):
         at.button(key="sentiment_go").click().run()
         assert not at.exception
         assert at.error and expect in at.error[0].value
+
+
+def test_adapter_whose_base_is_gone_is_a_friendly_error(tmp_path, tiny_bert_dir):
+    import shutil
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("apps_conftest", Path(__file__).with_name("conftest.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+
+    base = tmp_path / "bert"
+    shutil.copytree(tiny_bert_dir, base)
+    helpers.make_sentiment_run(tmp_path / "runs" / "orphan" / "adapter", base, 5)
+    shutil.rmtree(base)
+    at = _app(tmp_path / "runs")
+    at.text_area(key="sentiment_text").input("fine").run()
+    at.button(key="sentiment_go").click().run()
+    assert not at.exception
+    assert at.error and "Cannot classify" in at.error[0].value and str(base) in at.error[0].value

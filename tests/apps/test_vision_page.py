@@ -91,3 +91,10 @@ def test_segmentation_page_overlay_and_masks(vision_runs):
     assert total == 48 * 64  # mask at the image's own size
     at.slider(key="vision_opacity").set_value(0.9).run()
     assert not at.exception
+
+
+def test_no_vision_runs_says_how_to_make_one(tmp_path):
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["runs_dir"] = str(tmp_path)
+    at.run()
+    assert not at.exception and any("make demo" in i.value for i in at.info)
