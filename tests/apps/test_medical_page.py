@@ -86,3 +86,12 @@ def test_page_inventory_viewer_phi_and_bad_upload(series, tmp_path):
     assert not at.exception
     assert at.error and "No DICOM images" in at.error[0].value
     assert any("not a DICOM file" in w.value for w in at.warning)
+
+
+def test_upload_size_limit():
+    from types import SimpleNamespace
+
+    from scalpel.apps.common import too_large
+
+    assert too_large([SimpleNamespace(size=3 * 2**20), SimpleNamespace(size=2 * 2**20)], limit_mb=4)
+    assert not too_large([SimpleNamespace(size=3 * 2**20)], limit_mb=4)
