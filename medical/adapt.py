@@ -28,6 +28,7 @@ from scalpel.core.errors import AdapterError, BaseModelMismatchError
 from scalpel.core.files import atomic_write, read_json, read_safetensors, write_json, write_safetensors
 from scalpel.core.fit import FitConfig, fit
 from scalpel.core.recipes import adapt, method_names
+from scalpel.core.sparse import ScoringData
 from scalpel.medical.segmentation import SegmentationTask, UNetSpec
 from scalpel.medical.site import PatchBatches, eval_batches, ingest_site, load_cases, split_cases
 
@@ -139,7 +140,9 @@ def adapt_site(base_dir: str | os.PathLike, site: str | os.PathLike, run_dir: st
     evaluation = eval_batches(held_out)
     base_metrics = task.evaluate(model, evaluation)
     train_batches = PatchBatches(train, spec.patch, batch_size=options.batch_size, batches=4, seed=options.seed)
-    model = adapt(model, options.method, data=train_batches, **method_options(options))
+    # data-driven selection (sparse Fisher scores) scores with the task's own DiceCE loss
+    scoring = ScoringData(train_batches, lambda m, b: task.step(m, b)["loss"])
+    model = adapt(model, options.method, data=scoring, **method_options(options))
     trainable, total = count_parameters(model)
     started = time.perf_counter()
     result = fit(model, task, train_batches, evaluation,
