@@ -27,7 +27,7 @@ from scalpel.core.files import read_json, read_safetensors
 
 RUNS_ENV = "SCALPEL_RUNS"
 DEFAULT_RUNS = "runs"
-MAX_DEPTH = 4  # runs/<name>/adapter, runs/<group>/<name>/adapter, ...
+MAX_DEPTH = 6  # runs/<name>/adapter ... runs/demo/vision/detection/lora/adapter
 HOW_TO_MAKE_ONE = "No trained runs found in `{root}`. Make one with `make demo` (or `scalpel run {pipeline} ...`), " \
                   "or point the runs directory in the sidebar (or the SCALPEL_RUNS environment variable) at your runs."
 

@@ -8,7 +8,7 @@ part of it.
     model = scalpel.core.merge(model)
 """
 
-from scalpel.core.artifacts import adapter_info, fingerprint_files, load_adapter, read_adapter_meta, save_adapter
+from scalpel.core.artifacts import adapter_bytes, adapter_info, fingerprint_files, load_adapter, read_adapter_meta, save_adapter
 from scalpel.core.delta import (
     adapter_names,
     count_parameters,
@@ -47,6 +47,7 @@ __all__ = [
     "TargetNotFoundError",
     "TrainingError",
     "UnknownNameError",
+    "adapter_bytes",
     "adapter_info",
     "adapter_names",
     "apply",

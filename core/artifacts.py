@@ -198,7 +198,7 @@ def adapter_info(path: str | os.PathLike) -> dict[str, Any]:
         config = read_json(path / CONFIG_FILE)
         return {"path": str(path), "written_by": "peft", "peft_type": config.get("peft_type"), "config": config}
     meta = read_json(path / SCALPEL_FILE)
-    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    size = adapter_bytes(path)
     info = {
         "path": str(path),
         "methods": meta["methods"],
@@ -221,6 +221,11 @@ def adapter_info(path: str | os.PathLike) -> dict[str, Any]:
             config = config_from_dict(method.config_cls, entry["config"])
             entry.setdefault("details", method.describe(config, tensors))
     return info
+
+
+def adapter_bytes(path: str | os.PathLike) -> int:
+    """Size on disk of an adapter directory: the bytes of the files directly in it."""
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
 
 
 def fingerprint_files(paths: list[str | os.PathLike]) -> str:
