@@ -101,6 +101,9 @@ def find_runs(root: str | os.PathLike, tasks: tuple[str, ...] | None = None) -> 
     problems name unreadable adapters (shown as warnings, never a crash).
 
     Checkpoint folders (``checkpoints/``) are skipped: they are resumable training state.
+    Runs do not nest: below a run directory (one holding ``adapter/scalpel.json``) only its
+    ``adapter/`` is read, so a pipeline's intermediate adapters (``<run>/fit/adapter``) are
+    not listed as runs of their own.
     """
     root = Path(root)
     runs: list[RunInfo] = []
@@ -111,6 +114,8 @@ def find_runs(root: str | os.PathLike, tasks: tuple[str, ...] | None = None) -> 
         here = Path(current)
         depth = len(here.relative_to(root).parts)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "checkpoints") if depth < MAX_DEPTH else []
+        if "adapter" in dirs and (here / "adapter" / SCALPEL_FILE).is_file():
+            dirs[:] = ["adapter"]  # a run: its own adapter, nothing nested deeper
         if SCALPEL_FILE in files:
             try:
                 info = read_run(here, root)
