@@ -20,8 +20,8 @@ from typing import Any
 
 from torch import nn
 
-from scalpel.core.artifacts import SCALPEL_FILE, WEIGHTS_FILE, load_adapter
-from scalpel.core.delta import base_name, set_active_adapter
+from scalpel.core.artifacts import SCALPEL_FILE, STATS_PREFIX, WEIGHTS_FILE, load_adapter
+from scalpel.core.delta import base_name, load_norm_statistics, set_active_adapter
 from scalpel.core.errors import AdapterError
 from scalpel.core.files import read_json, read_safetensors
 
@@ -138,7 +138,8 @@ class AdapterSlots:
 
     The base is never reloaded: loading an adapter adds its delta modules under its own
     name; the fully trained base tensors it carries (``scalpel.full.*``, e.g. a task head)
-    are remembered and copied back whenever it is activated again.
+    and its normalisation statistics (``scalpel.stats.*``) are remembered and copied back
+    whenever it is activated again.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -157,12 +158,13 @@ class AdapterSlots:
         if name not in self._full:
             load_adapter(self.model, adapter_dir, adapter_name=name)
             tensors = read_safetensors(adapter_dir / WEIGHTS_FILE)
-            self._full[name] = {k[len("scalpel.full."):]: v for k, v in tensors.items() if k.startswith("scalpel.full.")}
+            self._full[name] = {k: v for k, v in tensors.items() if k.startswith(("scalpel.full.", STATS_PREFIX))}
         else:
             set_active_adapter(self.model, name)
-            if self._full[name]:
-                params = {base_name(n): p for n, p in self.model.named_parameters()}
-                for key, value in self._full[name].items():
-                    params[key].data.copy_(value)
+            params = {base_name(n): p for n, p in self.model.named_parameters()}
+            for key, value in self._full[name].items():
+                if key.startswith("scalpel.full."):
+                    params[key.removeprefix("scalpel.full.")].data.copy_(value)
+            load_norm_statistics(self.model, self._full[name], STATS_PREFIX)
         self.active = name
         return self.model.eval()

@@ -23,6 +23,8 @@ from scalpel.core.delta import (
     base_parameters,
     count_parameters,
     fingerprint,
+    load_norm_statistics,
+    norm_statistics,
     set_active_adapter,
     state_of,
 )
@@ -34,6 +36,8 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 SCALPEL_FILE = "scalpel.json"
 FORMAT_VERSION = 1
+#: Key prefix of the normalisation layers' running statistics in the weights file.
+STATS_PREFIX = "scalpel.stats."
 
 #: Readers of adapters written by other libraries: ``(adapter_config dict) -> method config or None``.
 FOREIGN_READERS: list[Any] = []
@@ -82,6 +86,10 @@ def save_adapter(
         for full_name, p in params.items():
             if base_name(full_name) in record.train_full:
                 tensors[f"scalpel.full.{base_name(full_name)}"] = p.detach()
+    # BatchNorm-style layers update their running statistics in training mode whatever the
+    # method trains, and a model adapted to a shifted domain depends on them (AdaBN, Li et
+    # al. 2016): without them a reloaded adapter would not reproduce the fine-tuned model.
+    tensors.update(norm_statistics(model, STATS_PREFIX))
 
     base_model = base_model if base_model is not None else describe_base_model(model)
     trainable, total = count_parameters(model)
@@ -155,6 +163,7 @@ def load_adapter(
             record.configs.append(config)
         record.train_full.update(meta.get("train_full", []))
         _load_full_tensors(model, tensors, record.train_full, path)
+        load_norm_statistics(model, tensors, STATS_PREFIX)
     except BaseException:
         del state.adapters[name]
         raise

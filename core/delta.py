@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import nn
 
-from scalpel.core.errors import ScalpelError
+from scalpel.core.errors import BaseModelMismatchError, ScalpelError
 
 STATE_ATTR = "scalpel_state"
 
@@ -241,3 +242,36 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
     return model
+
+
+#: Buffers that normalisation layers update in training mode whatever is trainable.
+STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def norm_statistics(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """Running statistics of every normalisation layer, keyed ``prefix + base buffer name``."""
+    return {
+        prefix + base_name(name): buf.detach().clone()
+        for name, buf in model.named_buffers()
+        if name.rsplit(".", 1)[-1] in STAT_BUFFERS and adapter_of(name) is None
+    }
+
+
+def load_norm_statistics(model: nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    """Copy the ``prefix``-keyed statistics of :func:`norm_statistics` into ``model``'s buffers.
+
+    Raises:
+        BaseModelMismatchError: a statistic names a buffer the model lacks or has another shape.
+    """
+    buffers = {base_name(n): b for n, b in model.named_buffers() if adapter_of(n) is None}
+    missing = []
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                name = key[len(prefix):]
+                if name in buffers and buffers[name].shape == value.shape:
+                    buffers[name].copy_(value)
+                else:
+                    missing.append(name)
+    if missing:
+        raise BaseModelMismatchError(f"the adapter carries statistics of buffers this model lacks: {missing[:3]}")

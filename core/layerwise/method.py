@@ -3,9 +3,8 @@
 Neither installs a delta layer. They record the chosen base parameter names in the
 adapter's ``train_full`` set, which :func:`scalpel.core.delta.refresh_trainable` turns
 into ``requires_grad`` and :func:`scalpel.core.save_adapter` saves as full tensors
-(``scalpel.full.<name>``). Their own ``state_dict`` adds the running statistics of the
-model's normalisation layers: BatchNorm updates them in training mode whether or not its
-affine is trained, so the adapter must carry them to reproduce the fine-tuned model.
+(``scalpel.full.<name>``); like every adapter, theirs also carries the running statistics
+of the model's normalisation layers (see :func:`scalpel.core.delta.norm_statistics`).
 Merging is a no-op on the weights (training already changed the chosen tensors in place).
 """
 
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scalpel.core.delta import AdapterRecord, adapter_of, base_name, state_of
+from scalpel.core.delta import AdapterRecord, adapter_of, base_name, load_norm_statistics, state_of
 from scalpel.core.errors import ConfigError
 from scalpel.core.layerwise.blocks import block_map
 from scalpel.core.layerwise.config import FullConfig, LayerwiseConfig
@@ -26,7 +25,6 @@ from scalpel.core.methods import Method, register_method
 
 #: Normalisation layers whose affine ``norm=True`` trains (plus any class named *Norm).
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
-_STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -88,52 +86,26 @@ def apply_full(model: nn.Module, config: FullConfig, *, adapter_name: str, data:
     return model
 
 
-def norm_statistics(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
-    """Running statistics of every normalisation layer, keyed ``prefix + base buffer name``."""
-    return {
-        prefix + base_name(name): buf.detach().clone()
-        for name, buf in model.named_buffers()
-        if name.rsplit(".", 1)[-1] in _STAT_BUFFERS and adapter_of(name) is None
-    }
-
-
-def load_norm_statistics(model: nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> None:
-    buffers = {base_name(n): b for n, b in model.named_buffers() if adapter_of(n) is None}
-    missing = []
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if key.startswith(prefix):
-                name = key[len(prefix):]
-                if name in buffers and buffers[name].shape == value.shape:
-                    buffers[name].copy_(value)
-                else:
-                    missing.append(name)
-    if missing:
-        from scalpel.core.errors import BaseModelMismatchError
-
-        raise BaseModelMismatchError(f"the adapter carries statistics of buffers this model lacks: {missing[:3]}")
-
-
 def _describe(config: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     full = {k: v for k, v in tensors.items() if k.startswith("scalpel.full.")}
     return {"trained_tensors": len(full), "trained_parameters": sum(v.numel() for v in full.values())}
 
 
 def _layerwise_state(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
-    return norm_statistics(model, "layerwise.stats.")
+    return {}  # the chosen tensors (scalpel.full.*) and norm statistics are saved by artifacts for every method
 
 
 def _layerwise_load(model: nn.Module, config: LayerwiseConfig, tensors: dict, adapter_name: str) -> nn.Module:
-    load_norm_statistics(model, tensors, "layerwise.stats.")  # the full tensors are loaded by artifacts
+    load_norm_statistics(model, tensors, "layerwise.stats.")  # adapters written before statistics moved to artifacts
     return model
 
 
 def _full_state(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
-    return norm_statistics(model, "full.stats.")
+    return {}
 
 
 def _full_load(model: nn.Module, config: FullConfig, tensors: dict, adapter_name: str) -> nn.Module:
-    load_norm_statistics(model, tensors, "full.stats.")
+    load_norm_statistics(model, tensors, "full.stats.")  # as above
     return model
 
 
