@@ -47,5 +47,9 @@ test-browser: install
 bench: install assets
 	$(PY) benchmarks/run_all.py
 
+# Runs every ```bash block of README.md and docs/ (in scratch copies); list them: $(PY) docs/check_commands.py --list
+docs-check: install assets
+	$(PY) docs/check_commands.py
+
 clean:
 	rm -rf $(VENV) runs build *.egg-info
