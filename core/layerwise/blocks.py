@@ -24,6 +24,8 @@ SSDlite                  ``features`` (two MobileNet halves) + ``extra``
 MONAI UNet               ``model`` = (down, SkipConnection(``submodule``), up), nested
 MONAI SegResNet          ``convInit``, ``down_layers``, ``up_samples``, ``up_layers``, ``conv_final``
 MONAI SwinUNETR          ``swinViT.patch_embed``, ``swinViT.layers1..4``, ``encoder*``, ``decoder*``, ``out``
+DenseNet                 ``conv0`` + ``denseblock1``.. (+ ``transition*``, ``norm5``): MONAI DenseNet121 and
+                         torchvision densenet*, under their ``features``
 =======================  =====================================================
 
 A feature-pyramid neck (``fpn`` beside the backbone body) becomes the last block. The

@@ -127,6 +127,23 @@ def _swin_unetr(m: nn.Module) -> Found | None:
     return stem, [[p] for p in order if _get(m, p) is not None]
 
 
+def _densenet(m: nn.Module) -> Found | None:
+    """DenseNet (MONAI DenseNet121/169/..., torchvision densenet*): ``features`` holds
+    ``conv0, norm0, ..., denseblock{i}, transition{i}, ..., norm5``; each dense block with its
+    transition is one block, ``norm5`` joins the last."""
+    kids = _children(m)
+    if "conv0" not in kids or "denseblock1" not in kids:
+        return None
+    blocks, i = [], 1
+    while f"denseblock{i}" in kids:
+        block = [f"denseblock{i}"] + ([f"transition{i}"] if f"transition{i}" in kids else [])
+        blocks.append(block)
+        i += 1
+    if "norm5" in kids:
+        blocks[-1].append("norm5")
+    return [k for k in ("conv0", "norm0") if k in kids], blocks
+
+
 #: (family, detector), tried in this order on each module, shallowest modules first.
 DETECTORS: list[tuple[str, Callable[[nn.Module], Found | None]]] = [
     ("transformers encoder", _hf_encoder),
@@ -139,4 +156,5 @@ DETECTORS: list[tuple[str, Callable[[nn.Module], Found | None]]] = [
     ("MONAI UNet", _monai_unet),
     ("MONAI SegResNet", _segresnet),
     ("MONAI SwinUNETR", _swin_unetr),
+    ("DenseNet", _densenet),
 ]

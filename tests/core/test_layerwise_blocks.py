@@ -43,6 +43,7 @@ def torchvision_model(name):
 
     builders = {
         "resnet18": lambda: models.resnet18(),
+        "densenet121": lambda: models.densenet121(),
         "mobilenet_v3_small": lambda: models.mobilenet_v3_small(),
         "fasterrcnn": lambda: detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None),
         "fasterrcnn_mobilenet": lambda: detection.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None),
@@ -58,8 +59,10 @@ def torchvision_model(name):
 
 
 def monai_model(name):
-    from monai.networks.nets import SegResNet, SwinUNETR, UNet
+    from monai.networks.nets import DenseNet121, SegResNet, SwinUNETR, UNet
 
+    if name == "densenet121":
+        return DenseNet121(spatial_dims=3, in_channels=1, out_channels=2, init_features=8, growth_rate=4, block_config=(1, 2, 1, 1))
     if name == "unet":
         return UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16, 32), strides=(2, 2, 2), num_res_units=1)
     if name == "segresnet":
@@ -86,6 +89,8 @@ CASES = [
     ("monai_unet", lambda: monai_model("unet"), "MONAI UNet", "model.1.submodule.0", "model.1.submodule.2", 5, "model.0"),
     ("segresnet", lambda: monai_model("segresnet"), "MONAI SegResNet", "down_layers.0", "up_layers.1", 5, "convInit"),
     ("swinunetr", lambda: monai_model("swinunetr"), "MONAI SwinUNETR", "swinViT.layers1", "decoder1", 13, "swinViT.patch_embed"),
+    ("monai_densenet121", lambda: monai_model("densenet121"), "DenseNet", "features.denseblock1", "features.denseblock4", 4, "features.conv0"),
+    ("torchvision_densenet121", lambda: torchvision_model("densenet121"), "DenseNet", "features.denseblock1", "features.denseblock4", 4, "features.conv0"),
 ]
 
 
