@@ -65,3 +65,28 @@ def test_statistics_of_another_architecture_are_refused(tmp_path):
     save_file(tensors, str(tmp_path / "adapter" / "adapter_model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(BaseModelMismatchError, match="7.running_var"):
         load_adapter(small_cnn(), tmp_path / "adapter")
+
+
+def test_adabn_matches_the_target_statistics_and_leaves_weights_alone():
+    from scalpel.core.layerwise import recalibrate_norm_statistics
+
+    model = small_cnn()
+    weights = {n: p.clone() for n, p in model.named_parameters()}
+    batches = [3.0 + 2.0 * torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    recalibrate_norm_statistics(model, batches)
+    assert not model.training
+    conv_out = torch.cat([model[0](b) for b in batches])
+    # equal-size batches: the cumulative average of per-batch means is the mean over all
+    torch.testing.assert_close(model[1].running_mean, conv_out.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-4)
+    assert model[1].momentum == 0.1  # restored
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+
+
+def test_adabn_needs_batchnorm_and_batches():
+    from scalpel.core.errors import ConfigError
+    from scalpel.core.layerwise import recalibrate_norm_statistics
+
+    with pytest.raises(ConfigError, match="no BatchNorm"):
+        recalibrate_norm_statistics(nn.Linear(2, 2), [torch.zeros(1, 2)])
+    with pytest.raises(ConfigError, match="no batches"):
+        recalibrate_norm_statistics(small_cnn(), [])

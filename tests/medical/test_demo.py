@@ -12,9 +12,10 @@ from scalpel.medical.adapt import load_base
 @pytest.mark.integration
 def test_quick_demo_rows_and_reuse_of_the_base(tmp_path):
     rows = demo.run_demo(tmp_path, quick=True, methods=("sparse", "full"))
-    assert [r["method"] for r in rows] == ["sparse", "full"]
-    sparse, full = rows
-    assert sparse["before"] == full["before"]  # the same base, evaluated on the same held-out cases
+    assert [r["method"] for r in rows] == ["adabn (statistics only)", "sparse", "full"]
+    adabn, sparse, full = rows
+    assert adabn["before"] == sparse["before"] == full["before"]  # one base, scored on the same held-out cases
+    assert adabn["trainable"] == 0 and adabn["after"] != adabn["before"]
     assert full["after"] > full["before"]
     assert sparse["trainable"] < 0.05 * sparse["total"]
     assert sparse["examples"] and sparse["examples"][0]["image"].endswith(".png")
