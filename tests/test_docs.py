@@ -128,3 +128,9 @@ def test_relative_links_resolve(name):
         if not re.match(r"^[a-z]+:", target) and not (page.parent / target).exists():
             broken.append(target)
     assert not broken, f"{name}: broken links {broken}"
+
+
+def test_api_reference_is_up_to_date():
+    gen_api = _load(ROOT / "docs" / "gen_api.py", "gen_api")
+    committed = (ROOT / "docs" / "api.md").read_text()
+    assert committed == gen_api.render(), "docs/api.md is out of date: run python docs/gen_api.py"
