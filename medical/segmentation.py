@@ -5,6 +5,10 @@
     task = SegmentationTask(["liver", "lesion"], roi_size=(32, 32, 32))
     result = fit(model, task, train_batches, eval_batches, FitConfig(output_dir=...))
     mask = task.predict(model, image[None])                    # (1, 1, X, Y, Z) int64
+    kd = distillation_task(task, teacher, alpha=0.5)           # a frozen teacher's soft labels too
+
+Other networks (SegResNet, SwinUNETR, any MONAI class) come from
+:class:`scalpel.medical.networks.NetworkSpec`, which has the same interface as ``UNetSpec``.
 
 Loss: Dice + cross-entropy (``monai.losses.DiceCELoss``; Milletari et al. 2016,
 arXiv:1606.04797, for the soft Dice). Metrics per structure, background excluded:
@@ -139,7 +143,8 @@ class SegmentationTask:
     def step(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         image, label = _image_label(batch)
         logits = model(image)
-        return {"loss": self.loss(logits, label), "logits": logits.detach()}
+        # logits stay attached: a distillation wrapper's KD loss backpropagates through them
+        return {"loss": self.loss(logits, label), "logits": logits}
 
     @torch.no_grad()
     def logits(self, model: nn.Module, image: Tensor) -> Tensor:
@@ -177,6 +182,25 @@ class SegmentationTask:
         if not seen:
             raise DataError("no evaluation batches: give at least one labelled volume to evaluate on")
         return summarize_scores(per_case, self.structure_names)
+
+
+def distillation_task(
+    task: SegmentationTask, teacher: nn.Module, *, alpha: float = 0.5, temperature: float = 2.0, loss: str = "pixel_kl"
+) -> Any:
+    """``task`` plus a frozen teacher network's soft labels (:class:`scalpel.core.distill.DistillationTask`).
+
+    ``loss = (1 - alpha) * DiceCE + alpha * KD`` where KD is the pixel-wise (voxel-wise)
+    ``T^2 KL(p_teacher || p_student)`` over classes (Liu et al., CVPR 2019; ``"pixel_kl"``) or
+    channel-wise distillation (Shu et al., ICCV 2021; ``"cwd"``). The teacher sees the same
+    patch as the student and must predict the same classes; the student may be any network
+    (smaller, or the teacher's own architecture adapted by LoRA, sparse or layer-wise).
+    ``evaluate`` is the task's: the student is judged on Dice and HD95 alone.
+    """
+    from scalpel.core.distill import DistillationTask
+
+    if loss not in ("pixel_kl", "cwd"):
+        raise ConfigError("segmentation distillation", [f"loss must be pixel_kl or cwd, got {loss!r}"])
+    return DistillationTask(task, teacher, loss, alpha=alpha, temperature=temperature)
 
 
 def score_segmentation(
