@@ -181,6 +181,8 @@ def _argv_problem(argv: list[str], make_targets: set[str], root: Path) -> str | 
     program = Path(argv[0]).name
     if program == "scalpel":
         return _scalpel_problem(argv[1:])
+    if "-m" in argv[:-1] and argv[argv.index("-m") + 1] == "scalpel.core.cli":  # python/torchrun/accelerate launch
+        return _scalpel_problem(argv[argv.index("-m") + 2 :])
     if program == "make":
         missing = [a for a in argv[1:] if not a.startswith("-") and "=" not in a and a not in make_targets]
         return f"no make target {', '.join(missing)}" if missing else None

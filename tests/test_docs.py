@@ -97,11 +97,13 @@ def test_static_check_catches_stale_commands(tmp_path):
         "make no-such-target\n"
         "python benchmarks/no_such_script.py --quick\n"
         "python -m scalpel.no_such_module\n"
+        "torchrun --standalone --nproc-per-node 8 -m scalpel.core.cli run nlp.chat --no-such-flag\n"
         "scalpel doctor --json && make test && python benchmarks/collect.py\n"
+        "torchrun --nproc-per-node 2 -m scalpel.core.cli run nlp.chat --method lora && python -m scalpel.core.cli doctor\n"
         "```\n"
     )
     problems = dc.static_problems(dc.extract_blocks(page))
-    assert [p.split(":")[1] for p in problems] == ["2", "3", "4", "5", "6", "7"], problems
+    assert [p.split(":")[1] for p in problems] == ["2", "3", "4", "5", "6", "7", "8"], problems
 
 
 def test_every_documented_command_names_something_that_exists():
