@@ -98,9 +98,13 @@ def all_blocks(paths: list[Path] | None = None) -> list[Block]:
 def commands(block: Block) -> list[tuple[int, str]]:
     """The block's logical command lines ``(file line, text)``: continuations and quoted
     newlines joined, comment lines dropped."""
-    out, pending, start = [], "", 0
+    out, pending, start, heredoc = [], "", 0, None
     for offset, raw in enumerate(block.text.splitlines()):
         line = raw.rstrip()
+        if heredoc is not None:  # the body of `cmd <<'EOF'` is the command's input, not commands
+            if line.strip() == heredoc:
+                heredoc = None
+            continue
         if not pending:
             start = block.line + offset
             if not line.strip() or line.lstrip().startswith("#"):
@@ -113,6 +117,8 @@ def commands(block: Block) -> list[tuple[int, str]]:
             pending += "\n"
             continue
         out.append((start, pending.strip()))
+        if m := re.search(r"<<-?\s*(['\"]?)([A-Za-z_]+)\1", pending):
+            heredoc = m.group(2)
         pending = ""
     if pending.strip():
         out.append((start, pending.strip()))

@@ -77,6 +77,13 @@ def test_commands_join_continuations_and_quoted_newlines(tmp_path):
     assert dc.segments("OMP_NUM_THREADS=1 nice -n 10 python benchmarks/x.py --quick") == [["python", "benchmarks/x.py", "--quick"]]
 
 
+def test_heredoc_bodies_are_input_not_commands(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("```bash\npython - <<'EOF'\nscalpel nosuchcommand\nprint('it')\nEOF\nscalpel doctor\n```\n")
+    (block,) = dc.extract_blocks(page)
+    assert dc.commands(block) == [(2, "python - <<'EOF'"), (6, "scalpel doctor")]
+
+
 def test_a_failing_block_reports_the_file_line_of_the_failing_command(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("text\n\n```bash\necho fine\nfalse\necho never\n```\n")
