@@ -1,0 +1,236 @@
+"""MONAI preprocessing and augmentation from one small typed config, and cached datasets.
+
+    config = PreprocessConfig(window=(-200, 600), spacing=(1.5, 1.5, 2.0), patch=(32, 32, 32))
+    train = cached_dataset(records, segmentation_transforms(config, train=True))    # CacheDataset
+    loader = DataLoader(train, batch_size=2, shuffle=True, collate_fn=list_data_collate)
+    evaluation = cached_dataset(records, segmentation_transforms(config, train=False))  # whole volumes
+
+A record is ``{"image": <series folder>, "label": <NIfTI or DICOM SEG path>, "case": name}``.
+The chain, in order (deterministic first, so ``CacheDataset`` stores the loaded, resampled,
+windowed volumes once and only the random part runs every epoch):
+
+1. ``LoadDicomSeriesd``: the series in RAS with HU, its label on the same grid (else an error);
+   records may instead hold already-loaded MetaTensors (``load=False``);
+2. ``Orientationd`` (``orientation``, e.g. ``"RAS"``) and ``Spacingd`` (``spacing`` in mm;
+   bilinear for the image, nearest for the label), both skipped when left empty;
+3. ``ScaleIntensityRanged``: the HU ``window`` onto [0, 1], clipped (a CT window);
+4. a size check: every axis at least the training ``patch`` (else an error naming the fix);
+5. training only: ``RandCropByPosNegLabeld`` (``samples_per_volume`` patches, foreground-centred
+   with probability ``positive_fraction``), ``RandFlipd`` per axis, ``RandRotate90d`` in the
+   axial plane, small ``RandRotated``, ``RandScaleIntensityd`` / ``RandShiftIntensityd`` and
+   ``RandGaussianNoised`` (random draws shared by image and label where both move).
+
+Every sample also carries ``spacing`` (mm per axis, from the affine, so HD95 is in mm); image
+and label leave the chain as plain tensors (the DICOM metadata does not collate into batches).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from monai.transforms import MapTransform, Transform
+
+from scalpel.core.config import raise_if_problems
+from scalpel.core.errors import DataError, ScalpelError
+
+KEYS = ("image", "label")
+#: Orientationd's axis labels, given explicitly (MONAI warns that its default will change)
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Preprocessing (deterministic, cached) and augmentation (random, per epoch) of CT volumes."""
+
+    window: tuple[float, float] = (-200.0, 600.0)
+    """HU range mapped linearly onto [0, 1]; values outside are clipped"""
+    spacing: tuple[float, ...] = ()
+    """target voxel size in mm per axis; empty keeps each series' own grid"""
+    orientation: str = "RAS"
+    """axis codes to reorient to; empty keeps the stored orientation"""
+    patch: tuple[int, ...] = (32, 32, 32)
+    """training patch (and the smallest volume accepted)"""
+    samples_per_volume: int = 2
+    """patches cropped from each cached volume per epoch"""
+    positive_fraction: float = 0.5
+    """share of patches centred on a foreground voxel (the rest on background)"""
+    augment: bool = True
+    """random flips, rotations and intensity changes on training patches"""
+    flip_prob: float = 0.5
+    """per axis"""
+    rotate90_prob: float = 0.25
+    """a multiple of 90 degrees in the axial plane"""
+    rotate_degrees: float = 0.0
+    """small rotations about each axis, uniform in +-this many degrees (0: none)"""
+    intensity_scale: float = 0.1
+    """multiply by 1 + U(-s, s) with probability 0.5"""
+    intensity_shift: float = 0.05
+    """add U(-s, s) (in [0, 1] units, after windowing) with probability 0.5"""
+    noise_std: float = 0.0
+    """Gaussian noise standard deviation after windowing (0: none)"""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if len(self.window) != 2 or self.window[1] <= self.window[0]:
+            problems.append(f"window must be (low, high) HU with high > low, got {tuple(self.window)}")
+        if len(self.patch) not in (2, 3) or any(int(p) < 1 for p in self.patch):
+            problems.append(f"patch must be 2 or 3 sizes >= 1, got {tuple(self.patch)}")
+        if self.spacing and (len(self.spacing) != len(self.patch) or any(s <= 0 for s in self.spacing)):
+            problems.append(f"spacing must be {len(self.patch)} positive sizes in mm (or empty), got {tuple(self.spacing)}")
+        if self.samples_per_volume < 1:
+            problems.append(f"samples_per_volume must be >= 1, got {self.samples_per_volume}")
+        for name in ("positive_fraction", "flip_prob", "rotate90_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("rotate_degrees", "intensity_scale", "intensity_shift", "noise_std"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        raise_if_problems("preprocessing config", problems)
+
+
+class RequireSized(MapTransform):
+    """Refuse a volume smaller than ``min_size`` on any spatial axis (after resampling)."""
+
+    def __init__(self, keys: Sequence[Hashable], min_size: Sequence[int]):
+        super().__init__(keys)
+        self.min_size = tuple(int(s) for s in min_size)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            size = tuple(out[key].shape[1:])
+            if len(size) != len(self.min_size) or any(s < m for s, m in zip(size, self.min_size, strict=True)):
+                case = out.get("case", key)
+                raise DataError(f"{case}: the volume is {'x'.join(map(str, size))} voxels (after resampling), smaller than "
+                                f"the {'x'.join(map(str, self.min_size))} patch; use a smaller patch, a finer spacing, or drop it")
+        return out
+
+
+class AddSpacingd(Transform):
+    """``data["spacing"]``: the image's voxel size in mm per spatial axis, from its affine."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        image = out["image"]
+        affine = getattr(image, "affine", None)
+        dims = image.dim() - 1
+        if affine is None:
+            out["spacing"] = torch.ones(dims)
+        else:
+            out["spacing"] = torch.as_tensor(affine, dtype=torch.float64)[:dims, :dims].norm(dim=0).float()
+        return out
+
+
+def preprocessing(config: PreprocessConfig, *, load: bool = True, keys: Sequence[str] = KEYS) -> list[Any]:
+    """The deterministic transforms: load, orient, resample, window, size check, spacing."""
+    from monai.transforms import EnsureTyped, Orientationd, ScaleIntensityRanged, Spacingd
+
+    from scalpel.medical.dicom import LoadDicomSeriesd
+
+    steps: list[Any] = [LoadDicomSeriesd()] if load else []
+    if config.orientation:
+        steps.append(Orientationd(list(keys), axcodes=config.orientation, labels=_RAS_LABELS, allow_missing_keys=True))
+    if config.spacing:
+        modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+        steps.append(Spacingd(list(keys), pixdim=tuple(config.spacing), mode=modes, allow_missing_keys=True))
+    low, high = config.window
+    steps.append(ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
+    steps.append(RequireSized(["image"], config.patch))
+    steps.append(AddSpacingd())
+    # Plain tensors from here on: the DICOM metadata (per-slice UIDs, ...) does not collate into
+    # batches, and what the network and the metrics need (the spacing) is already in its own key.
+    steps.append(EnsureTyped(list(keys), data_type="tensor", track_meta=False, allow_missing_keys=True))
+    return steps
+
+
+def augmentation(config: PreprocessConfig, *, keys: Sequence[str] = KEYS) -> list[Any]:
+    """The random transforms of a training patch (crop first, so the rest works on patches)."""
+    from monai.transforms import (
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandGaussianNoised,
+        RandRotate90d,
+        RandRotated,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
+
+    keys = list(keys)
+    pos = config.positive_fraction
+    steps: list[Any] = [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=tuple(config.patch), pos=pos,
+                                               neg=1.0 - pos, num_samples=config.samples_per_volume, image_key="image")]
+    if not config.augment:
+        return steps
+    dims = len(config.patch)
+    steps += [RandFlipd(keys, prob=config.flip_prob, spatial_axis=axis) for axis in range(dims)]
+    if config.rotate90_prob:
+        steps.append(RandRotate90d(keys, prob=config.rotate90_prob, spatial_axes=(0, 1)))
+    if config.rotate_degrees:
+        r = math.radians(config.rotate_degrees)
+        ranges = {"range_x": r} if dims == 2 else {"range_x": r, "range_y": r, "range_z": r}
+        steps.append(RandRotated(keys, prob=0.5, mode=["bilinear" if k == "image" else "nearest" for k in keys], **ranges))
+    if config.intensity_scale:
+        steps.append(RandScaleIntensityd("image", factors=config.intensity_scale, prob=0.5))
+    if config.intensity_shift:
+        steps.append(RandShiftIntensityd("image", offsets=config.intensity_shift, prob=0.5))
+    if config.noise_std:
+        steps.append(RandGaussianNoised("image", prob=0.5, std=config.noise_std))
+    return steps
+
+
+def intensity_augmentation(config: PreprocessConfig, dims: int) -> Any:
+    """Array transforms for classification inputs ``(C, *spatial)``: flips and intensity changes."""
+    from monai.transforms import Compose, RandFlip, RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
+
+    steps: list[Any] = [RandFlip(prob=config.flip_prob, spatial_axis=axis) for axis in range(dims)] if config.augment else []
+    if config.augment and config.intensity_scale:
+        steps.append(RandScaleIntensity(factors=config.intensity_scale, prob=0.5))
+    if config.augment and config.intensity_shift:
+        steps.append(RandShiftIntensity(offsets=config.intensity_shift, prob=0.5))
+    if config.augment and config.noise_std:
+        steps.append(RandGaussianNoise(prob=0.5, std=config.noise_std))
+    return Compose(steps)
+
+
+def segmentation_transforms(config: PreprocessConfig, *, train: bool, load: bool = True) -> Any:
+    """``Compose`` of :func:`preprocessing` (+ :func:`augmentation` for training patches)."""
+    from monai.transforms import Compose
+
+    return Compose(preprocessing(config, load=load) + (augmentation(config) if train else []))
+
+
+def cached_dataset(records: Sequence[Mapping[str, Any]], transform: Any, *, cache: bool = True) -> Any:
+    """A ``monai.data.CacheDataset`` (the deterministic prefix of ``transform`` run once per record,
+    in memory) or, with ``cache=False``, a plain ``monai.data.Dataset``.
+
+    Raises:
+        ScalpelError: the first :class:`ScalpelError` a transform raised (bad label geometry,
+            a volume smaller than the patch, ...), unwrapped from MONAI's ``RuntimeError``.
+    """
+    from monai.data import CacheDataset, Dataset
+
+    if not records:
+        raise DataError("no records to build a dataset from; give at least one series with its label")
+    try:
+        if cache:
+            return CacheDataset(list(records), transform, cache_rate=1.0, num_workers=0, progress=False)
+        return Dataset(list(records), transform)
+    except RuntimeError as err:
+        cause = scalpel_cause(err)
+        if cause is err:
+            raise
+        raise cause from None
+
+
+def scalpel_cause(err: BaseException) -> BaseException:
+    """The :class:`ScalpelError` inside MONAI's ``RuntimeError("applying transform ...")`` chain, or ``err``."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ScalpelError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return err
