@@ -145,9 +145,15 @@ def segments(command: str) -> list[list[str]]:
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     lexer.commenters = "#"
-    out, current = [], []
+    out, current, redirect = [], [], False
     for token in lexer:
-        if token in _OPERATORS:
+        if redirect:  # the file (or heredoc marker) of `> FILE`, `2>&1`, `<<EOF`
+            redirect = False
+        elif re.fullmatch(r"[<>&]*[<>][<>&]*", token):
+            redirect = True
+            if current and current[-1].isdigit():  # the 2 of 2>
+                current.pop()
+        elif token in _OPERATORS:
             out.append(current)
             current = []
         else:

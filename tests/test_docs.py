@@ -74,6 +74,8 @@ def test_commands_join_continuations_and_quoted_newlines(tmp_path):
     assert first.split() == ["echo", "one", "&&", "echo", "two"]
     assert second.startswith('python -c "a = 1\nprint(a)"')
     assert dc.segments(first) == [["echo", "one"], ["echo", "two"]]
+    assert dc.segments("scalpel doctor --json > out.json 2>&1 | tee log") == [["scalpel", "doctor", "--json"], ["tee", "log"]]
+    assert dc.segments("python - <<'EOF'") == [["python", "-"]]
     assert dc.segments("OMP_NUM_THREADS=1 nice -n 10 python benchmarks/x.py --quick") == [["python", "benchmarks/x.py", "--quick"]]
 
 
