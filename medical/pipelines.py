@@ -243,7 +243,7 @@ def _segmentation_kit(config: SegmentationConfig, facts: dict[str, Any], train: 
     from scalpel.medical.transforms import PreprocessConfig, cached_dataset, segmentation_transforms
 
     patch = tuple(facts.get("patch") or config.patch)
-    pre = PreprocessConfig(window=tuple(facts.get("window") or config.window), spacing=config.spacing, patch=patch,
+    pre = PreprocessConfig(window=tuple(facts.get("window") or config.window), spacing=tuple(facts.get("spacing") or config.spacing), patch=patch,
                            samples_per_volume=config.samples_per_volume, augment=config.augment)
     train_transform = segmentation_transforms(pre, train=True)
     train_transform.set_random_state(seed=config.seed)
@@ -251,7 +251,7 @@ def _segmentation_kit(config: SegmentationConfig, facts: dict[str, Any], train: 
     eval_set = cached_dataset(held_out, segmentation_transforms(pre, train=False), cache=config.cache)
     structures = list(facts.get("structures") or config.structures)
     task = SegmentationTask(structures, patch, hd95=not config.quick)
-    facts = {**facts, "structures": structures, "patch": list(patch), "window": list(pre.window)}
+    facts = {**facts, "structures": structures, "patch": list(patch), "window": list(pre.window), "spacing": list(pre.spacing)}
     return Prepared(_loader(train_set, config.batch_size, train=True, seed=config.seed),
                     _loader(eval_set, 1, train=False, seed=config.seed), task, facts, [])
 
@@ -264,7 +264,8 @@ def _classification_kit(config: ClassificationConfig, facts: dict[str, Any], tra
 
     dims, size = int(facts.get("spatial_dims") or config.spatial_dims), int(facts.get("size") or config.size)
     structure = int(facts.get("structure") or config.structure)
-    pre = PreprocessConfig(window=tuple(facts.get("window") or config.window), spacing=config.spacing, patch=(1, 1, 1))
+    pre = PreprocessConfig(window=tuple(facts.get("window") or config.window), spacing=tuple(facts.get("spacing") or config.spacing),
+                           patch=(1, 1, 1))
 
     def samples(records: list) -> list[dict[str, Any]]:
         volumes = cached_dataset(records, Compose(preprocessing(pre)), cache=False)
@@ -274,7 +275,8 @@ def _classification_kit(config: ClassificationConfig, facts: dict[str, Any], tra
     augmentation = intensity_augmentation(pre, dims)
     augmentation.set_random_state(seed=config.seed)
     names = list(facts.get("class_names") or ("absent", "present"))
-    facts = {**facts, "class_names": names, "structure": structure, "spatial_dims": dims, "size": size, "window": list(pre.window)}
+    facts = {**facts, "class_names": names, "structure": structure, "spatial_dims": dims, "size": size, "window": list(pre.window),
+             "spacing": list(pre.spacing)}
     return Prepared(_loader(ClassificationSamples(train_samples, augmentation), config.batch_size, train=True, seed=config.seed),
                     _loader(ClassificationSamples(eval_samples), config.batch_size, train=False, seed=config.seed),
                     ClassificationTask(names), facts, [])
@@ -501,8 +503,9 @@ def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> li
 
     model, extra = load_adapted(adapter_dir)
     segmentation = extra["task"] == "medical.segmentation"
-    pre = PreprocessConfig(window=tuple(extra["window"]), patch=tuple(extra.get("patch") or (1, 1, 1)))
-    chain = Compose(preprocessing(pre, keys=("image",)))
+    pre = PreprocessConfig(window=tuple(extra["window"]), spacing=tuple(extra.get("spacing") or ()), patch=(1, 1, 1))
+    # the chain of training, less its last step (plain tensors): the image keeps its affine for the mask
+    chain = Compose(preprocessing(pre, keys=("image",))[:-1])
     rows = []
     for folder in inputs:
         try:
@@ -511,35 +514,43 @@ def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> li
             from scalpel.medical.transforms import scalpel_cause
 
             raise scalpel_cause(err) from None
-        image, spacing = sample["image"][None].float(), sample["spacing"]
+        image = sample["image"]
         with torch.no_grad():
             if segmentation:
-                rows.append(_segment(model, extra, image, spacing, folder, options))
+                rows.append(_segment(model, extra, image, sample["spacing"], folder, options, chain))
             else:
-                rows.append(_classify(model, extra, image, folder))
+                rows.append(_classify(model, extra, image.as_tensor()[None].float(), folder))
     return rows
 
 
-def _segment(model, extra, image, spacing, folder, options) -> dict[str, Any]:
+def _segment(model, extra, image, spacing, folder, options, chain) -> dict[str, Any]:
     from scalpel.medical.segmentation import SegmentationTask
 
     task = SegmentationTask(extra["structures"], extra["patch"], hd95=False)
-    mask = task.predict(model, image)[0, 0]
+    mask = task.predict(model, image.as_tensor()[None].float())[0, 0]
     voxel_ml = float(torch.prod(spacing.double())) / 1000.0
     counts = torch.bincount(mask.reshape(-1), minlength=len(extra["structures"]) + 1)
     row = {"series": folder, "voxels": {n: int(counts[i + 1]) for i, n in enumerate(extra["structures"])},
            "ml": {n: round(int(counts[i + 1]) * voxel_ml, 3) for i, n in enumerate(extra["structures"])}}
     if options.get("out"):
-        from scalpel.medical.dicom import load_series
-        from scalpel.medical.synthetic import write_nifti
-
-        reference = load_series(folder)
-        if extra.get("window") and tuple(reference.shape[1:]) == tuple(mask.shape):
-            path = Path(options["out"]) / f"{Path(folder).name}.nii.gz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_nifti(path, mask.numpy(), reference.affine.numpy())
-            row["mask"] = str(path)
+        row["mask"] = str(_write_mask(mask, image, chain, Path(options["out"]) / f"{Path(folder).name}.nii.gz"))
     return row
+
+
+def _write_mask(mask: torch.Tensor, image: Any, chain: Any, path: Path) -> Path:
+    """Write ``mask`` back on the series' own grid (the preprocessing's reorientation and
+    resampling undone, nearest-neighbour) as NIfTI, so ``load_label(path, series)`` accepts it."""
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    from scalpel.medical.synthetic import write_nifti
+
+    prediction = MetaTensor(mask[None].float(), affine=image.affine, meta={k: v for k, v in image.meta.items() if k != "affine"})
+    prediction.applied_operations = list(image.applied_operations)
+    restored = Invertd(keys="pred", transform=chain, orig_keys="image", nearest_interp=True)({"pred": prediction, "image": image})["pred"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_nifti(path, restored[0].round().to(torch.uint8).numpy(), torch.as_tensor(restored.affine).double().numpy())
+    return path
 
 
 def _classify(model, extra, image, folder) -> dict[str, Any]:

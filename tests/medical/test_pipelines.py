@@ -1,0 +1,140 @@
+"""``scalpel run medical.segmentation`` / ``medical.classification``: run directories, adapters
+the apps can find (extra.task), predictions, and the bad inputs they refuse with the fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from scalpel.core import read_adapter_meta
+from scalpel.core.cli import main
+from scalpel.medical.dicom import load_label, load_series
+from scalpel.medical.networks import NetworkSpec
+from scalpel.medical.pipelines import load_adapted, predict, save_checkpoint
+from scalpel.medical.synthetic import write_nifti, write_site
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """Demo data and scanner-A bases, shared by the runs below (each is trained once)."""
+    return tmp_path_factory.mktemp("medical-base")
+
+
+def _run(args: list[str]) -> int:
+    return main(["run", *args])
+
+
+@pytest.mark.integration
+def test_segmentation_run_writes_the_run_dir_and_its_adapter_predicts_masks_on_the_series_grid(base_dir, tmp_path):
+    run = tmp_path / "seg"
+    assert _run(["medical.segmentation", "--quick", "--output-dir", str(run), "--base-dir", str(base_dir)]) == 0
+    for name in ("config.yaml", "metrics.jsonl", "report.md", "summary.json", "adapter/scalpel.json"):
+        assert (run / name).is_file(), name
+    extra = read_adapter_meta(run / "adapter")["extra"]
+    assert extra["task"] == "medical.segmentation" and extra["network"]["name"] == "unet"
+    assert extra["structures"] == ["dim sphere", "bright sphere"] and len(extra["base_sha256"]) == 64
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/dice" in line for line in lines) and any("loss" in line for line in lines)
+    report = (run / "report.md").read_text()
+    assert "before vs after (lora, unet)" in report and "| dice |" in report
+    model, _ = load_adapted(run / "adapter")
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+    site = next(base_dir.glob("data-segmentation-*")) / "B"
+    case = extra["eval_cases"][0]
+    rows = predict(run / "adapter", [str(site / "dicom" / case)], {"out": str(tmp_path / "masks")})
+    assert set(rows[0]["voxels"]) == {"dim sphere", "bright sphere"}
+    series = load_series(site / "dicom" / case)
+    mask = load_label(rows[0]["mask"], series)  # refuses a mask off the series' own grid
+    predicted = int((mask > 0).sum())
+    assert predicted == sum(rows[0]["voxels"].values())
+
+
+@pytest.mark.integration
+def test_classification_run_on_2d_slices_reports_auc_sensitivity_specificity(base_dir, tmp_path):
+    run = tmp_path / "cls"
+    assert _run(["medical.classification", "--quick", "--spatial-dims", "2", "--network", "resnet10", "--size", "16",
+                 "--output-dir", str(run), "--base-dir", str(base_dir)]) == 0
+    extra = read_adapter_meta(run / "adapter")["extra"]
+    assert extra["task"] == "medical.classification" and extra["spatial_dims"] == 2
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("auc", "sensitivity", "specificity", "accuracy"):
+        assert key in summary["after"] and key in summary["before"]
+    site = next(base_dir.glob("data-classification-*")) / "B"
+    rows = predict(run / "adapter", [str(next((site / "dicom").iterdir()))], {})
+    assert rows[0]["label"] in ("absent", "present")
+    assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.integration
+def test_segmentation_distills_from_a_teacher_checkpoint(base_dir, tmp_path):
+    _run(["medical.segmentation", "--quick", "--output-dir", str(tmp_path / "first"), "--base-dir", str(base_dir)])
+    teacher = next(p for p in base_dir.glob("model-*") if (p / "model.json").is_file()
+                   and "structures" in json.loads((p / "model.json").read_text()))
+    run = tmp_path / "kd"
+    assert _run(["medical.segmentation", "--quick", "--method", "sparse", "--teacher", str(teacher), "--distill-alpha", "0.7",
+                 "--output-dir", str(run), "--base-dir", str(base_dir)]) == 0
+    assert read_adapter_meta(run / "adapter")["extra"]["method"] == "sparse"
+    assert "teacher:" in (run / "config.yaml").read_text()
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+@pytest.fixture(scope="module")
+def user_site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user-site")
+    cases = write_site(root, "A", cases=3, shape=(16, 16, 16), seed=5)
+    return root, cases
+
+
+def test_unknown_network_is_refused_without_a_traceback(capsys, tmp_path):
+    assert _run(["medical.segmentation", "--network", "vnet9", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown network 'vnet9'" in err and "segresnet" in err and "Traceback" not in err
+
+
+def test_peft_without_a_base_is_refused(capsys, user_site, tmp_path):
+    root, _ = user_site
+    assert _run(["medical.segmentation", "--data", str(root), "--method", "lora", "--output-dir", str(tmp_path)]) == 2
+    assert "pass --base" in capsys.readouterr().err
+
+
+def test_label_off_the_image_grid_is_refused(capsys, user_site, tmp_path):
+    root, cases = user_site
+    site = tmp_path / "site"
+    write_site(site, "A", cases=2, shape=(16, 16, 16), seed=6)
+    shifted = cases[0].affine.copy()
+    shifted[2, 3] += 4.0
+    write_nifti(site / "labels" / "A000.nii.gz", cases[0].label, shifted)
+    assert _run(["medical.segmentation", "--data", str(site), "--method", "full", "--patch", "16", "16", "16",
+                 "--network", "unet", "--network-options", "{channels: [4, 8], strides: [2]}", "--output-dir", str(tmp_path / "r")]) == 2
+    assert "not on the image's voxel grid" in capsys.readouterr().err
+
+
+def test_series_smaller_than_the_patch_is_refused(capsys, user_site, tmp_path):
+    root, _ = user_site
+    assert _run(["medical.segmentation", "--data", str(root), "--method", "full", "--patch", "32", "32", "32",
+                 "--output-dir", str(tmp_path / "r")]) == 2
+    assert "smaller than the 32x32x32 patch" in capsys.readouterr().err
+
+
+def test_a_base_of_the_other_task_is_refused(capsys, user_site, tmp_path):
+    root, _ = user_site
+    spec = NetworkSpec("unet", out_channels=3, options={"channels": (4, 8), "strides": (2,)})
+    torch.manual_seed(0)
+    save_checkpoint(spec.build(), spec, tmp_path / "seg-base", task="medical.segmentation", structures=["a", "b"],
+                    window=[-200, 600], patch=[16, 16, 16])
+    assert _run(["medical.classification", "--data", str(root), "--base", str(tmp_path / "seg-base"),
+                 "--output-dir", str(tmp_path / "r")]) == 2
+    assert "give a medical.classification base checkpoint" in capsys.readouterr().err
+
+
+def test_predict_refuses_an_adapter_of_another_domain(tmp_path):
+    from scalpel.core.errors import AdapterError
+
+    with pytest.raises(AdapterError, match="does not exist"):
+        load_adapted(tmp_path / "nothing")
+
