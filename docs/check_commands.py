@@ -349,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for b in blocks:
             first = commands(b)[0][1] if commands(b) else "(empty)"
-            state = f"skip ({b.skip})" if b.skip else "run"
-            print(f"{b.where:<28} {state:<8.60} {first[:100]}")
+            print(f"{b.where:<24} {'skip' if b.skip else 'run '}  {' '.join(first.split())[:100]}")
+            if b.skip:
+                print(f"{'':<24}       ({b.skip})")
         runs = sum(b.skip is None for b in blocks)
         print(f"{runs} block(s) to run, {len(blocks) - runs} skipped")
         return 0
