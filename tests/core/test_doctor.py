@@ -76,3 +76,21 @@ def test_doctor_does_not_import_domain_packages():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cuda_devices_are_listed_with_name_memory_and_bf16(monkeypatch):
+    # No GPU on the test machines: fake what torch.cuda reports for one H200.
+    from types import SimpleNamespace
+
+    import torch
+
+    props = SimpleNamespace(name="NVIDIA H200", total_memory=141 * 2**30, major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    report = doctor.diagnose()
+    assert report.device["kind"] == "cuda" and report.device["bf16"] is True
+    text = doctor.format_report(report)
+    assert "cuda:0  NVIDIA H200  141.0 GiB  compute 9.0" in text
+    assert "bf16 yes" in text
