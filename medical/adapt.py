@@ -5,9 +5,9 @@
     model = load_site_adapter("base/", "runs/site_b/adapter")      # refuses an adapter of another base
 
 A base is ``model.safetensors`` + ``model.json`` (the :class:`BaseSpec`). The flow of
-:func:`adapt_site`: de-identified ingest (default) -> held-out split by case -> base
-metrics on the held-out cases -> the method applied and trained with :func:`fit` -> adapted
-metrics -> the adapter saved with the base's SHA-256 and the site -> ``report.md``.
+:func:`adapt_site`: de-identified ingest (default) -> held-out split by case (or K folds) ->
+base metrics on the held-out cases -> the method applied and trained with :func:`fit` ->
+adapted metrics -> the adapter saved with the base's SHA-256 and the site -> ``report.md``.
 """
 
 from __future__ import annotations
@@ -24,15 +24,17 @@ from torch import nn
 
 from scalpel.core import count_parameters, load_adapter, read_adapter_meta, save_adapter
 from scalpel.core.config import raise_if_problems
-from scalpel.core.errors import AdapterError, BaseModelMismatchError
+from scalpel.core.errors import AdapterError, BaseModelMismatchError, DataError
 from scalpel.core.files import atomic_write, read_json, read_safetensors, write_json, write_safetensors
 from scalpel.core.fit import FitConfig, fit
 from scalpel.core.recipes import adapt, method_names
 from scalpel.core.sparse import ScoringData
 from scalpel.medical.segmentation import SegmentationTask, UNetSpec
-from scalpel.medical.site import PatchBatches, eval_batches, ingest_site, load_cases, split_cases
+from scalpel.medical.site import Case, PatchBatches, eval_batches, ingest_site, load_cases, split_cases
 
 WEIGHTS, SPEC = "model.safetensors", "model.json"
+#: ``extra.task`` of a site adapter (what the apps and ``scalpel medical sites`` look for).
+SITE_TASK = "medical.site"
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class AdaptOptions:
     site: str = field(default="site", metadata={"help": "site name recorded in the adapter"})
     deidentify: bool = field(default=True, metadata={"help": "de-identify the DICOM into the run directory before reading"})
     holdout: float = field(default=0.34, metadata={"help": "fraction of cases held out for evaluation"})
+    folds: int = field(default=0, metadata={"help": "K-fold evaluation by case instead of --holdout (0: held-out split); "
+                                                   "the saved adapter is then trained on all cases"})
     steps: int = field(default=60, metadata={"help": "optimizer steps"})
     lr: float = field(default=5e-3, metadata={"help": "peak learning rate"})
     batch_size: int = field(default=2, metadata={"help": "patches per step"})
@@ -82,6 +86,8 @@ class AdaptOptions:
         problems = []
         if self.method not in method_names():
             problems.append(f"method {self.method!r} unknown; choose from {', '.join(method_names())}")
+        if self.folds == 1 or self.folds < 0:
+            problems.append(f"folds must be 0 (held-out split) or >= 2, got {self.folds}")
         if not 0 < self.holdout < 1:
             problems.append(f"holdout must be in (0, 1), got {self.holdout}")
         if self.steps < 1:
@@ -123,22 +129,68 @@ def adapt_site(base_dir: str | os.PathLike, site: str | os.PathLike, run_dir: st
                options: AdaptOptions | None = None) -> dict[str, Any]:
     """Adapt the base in ``base_dir`` to the labelled cases in ``site``; return the results.
 
+    With ``options.folds = K >= 2`` the cases are split into K folds by case: each fold is
+    evaluated (base and adapted) with an adapter trained on the other folds, and the saved
+    adapter is then trained on every case; its recorded metrics are the K-fold means.
+    Otherwise one held-out split (``options.holdout``) is evaluated and the adapter trained
+    on the rest is saved.
+
     Returns:
         ``{"run_dir", "adapter_dir", "report", "base": metrics, "adapted": metrics,
-        "trainable", "total", "train_seconds", "train_cases", "eval_cases", "skipped"}``.
+        "trainable", "total", "train_seconds", "train_cases", "eval_cases", "skipped",
+        "folds": per-fold results (K-fold only)}``.
 
     Raises:
-        DataError: see :func:`~scalpel.medical.site.load_cases`; AdapterError: no base there.
+        DataError: see :func:`~scalpel.medical.site.load_cases`; fewer cases than folds.
+        AdapterError: no base there.
     """
     options = options or AdaptOptions()
     run_dir = Path(run_dir)
-    model, spec, base_sha = load_base(base_dir)
+    _, spec, base_sha = load_base(base_dir)
     series_root = ingest_site(site, run_dir, deidentify=options.deidentify)
     cases, skipped = load_cases(series_root, Path(site) / "labels", window=spec.window, min_size=spec.patch)
-    train, held_out = split_cases(cases, options.holdout, options.seed)
     task = SegmentationTask(spec.structures, spec.patch)
-    evaluation = eval_batches(held_out)
-    base_metrics = task.evaluate(model, evaluation)
+    folds: list[dict[str, Any]] = []
+    if options.folds:
+        for k, (train, held_out) in enumerate(kfold_cases(cases, options.folds, options.seed)):
+            trained = _train_adapter(base_dir, train, held_out, task, options, run_dir / f"fold{k}")
+            folds.append({"fold": k, "eval_cases": [c.name for c in held_out], **trained.pop("metrics"),
+                          "train_seconds": trained["seconds"]})
+        base_metrics = mean_metrics([f["base"] for f in folds])
+        adapted_metrics = mean_metrics([f["adapted"] for f in folds])
+        train, held_out = cases, []
+        trained = _train_adapter(base_dir, train, None, task, options, run_dir)
+    else:
+        train, held_out = split_cases(cases, options.holdout, options.seed)
+        trained = _train_adapter(base_dir, train, held_out, task, options, run_dir)
+        base_metrics, adapted_metrics = trained["metrics"]["base"], trained["metrics"]["adapted"]
+    model = trained["model"]
+    adapter_dir = save_adapter(
+        model, run_dir / "adapter", metrics=adapted_metrics,
+        extra={"task": SITE_TASK, "site": options.site, "method": options.method, "base_sha256": base_sha,
+               "base_dir": str(Path(base_dir).resolve()), "structures": list(spec.structures),
+               "train_cases": [c.name for c in train], "eval_cases": [c.name for c in held_out],
+               "evaluation": f"{options.folds}-fold" if options.folds else "held-out"},
+        base_model={"spec": spec.to_dict(), "sha256": base_sha},
+    )
+    summary = {"run_dir": str(run_dir), "adapter_dir": str(adapter_dir), "base": base_metrics, "adapted": adapted_metrics,
+               "trainable": trained["trainable"], "total": trained["total"], "train_seconds": trained["seconds"],
+               "steps": trained["steps"], "train_cases": len(train), "eval_cases": len(held_out), "skipped": skipped,
+               "method": options.method, "site": options.site, "folds": folds}
+    report = run_dir / "report.md"
+    with atomic_write(report, "w") as handle:
+        handle.write(format_report(summary, spec.structures))
+    summary["report"] = str(report)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _train_adapter(base_dir: str | os.PathLike, train: list[Case], held_out: list[Case] | None, task: SegmentationTask,
+                   options: AdaptOptions, out: Path) -> dict[str, Any]:
+    """A fresh base, the method applied, trained on ``train``; metrics before/after on ``held_out``."""
+    model, spec, _ = load_base(base_dir)
+    evaluation = eval_batches(held_out) if held_out else None
+    base_metrics = task.evaluate(model, evaluation) if evaluation else None
     train_batches = PatchBatches(train, spec.patch, batch_size=options.batch_size, batches=4, seed=options.seed)
     # data-driven selection (sparse Fisher scores) scores with the task's own DiceCE loss
     scoring = ScoringData(train_batches, lambda m, b: task.step(m, b)["loss"])
@@ -146,25 +198,37 @@ def adapt_site(base_dir: str | os.PathLike, site: str | os.PathLike, run_dir: st
     trainable, total = count_parameters(model)
     started = time.perf_counter()
     result = fit(model, task, train_batches, evaluation,
-                 FitConfig(output_dir=str(run_dir / "fit"), max_steps=options.steps, lr=options.lr, eval_every=max(1, options.steps // 3),
+                 FitConfig(output_dir=str(out / "fit"), max_steps=options.steps, lr=options.lr, eval_every=max(1, options.steps // 3),
                            metric="dice", greater_is_better=True, save_every=0, progress=False, seed=options.seed, overwrite=True))
     seconds = time.perf_counter() - started
-    adapted_metrics = task.evaluate(model, evaluation)
-    adapter_dir = save_adapter(
-        model, run_dir / "adapter", metrics=adapted_metrics,
-        extra={"site": options.site, "method": options.method, "base_sha256": base_sha, "structures": list(spec.structures),
-               "train_cases": [c.name for c in train], "eval_cases": [c.name for c in held_out]},
-        base_model={"spec": spec.to_dict(), "sha256": base_sha},
-    )
-    summary = {"run_dir": str(run_dir), "adapter_dir": str(adapter_dir), "base": base_metrics, "adapted": adapted_metrics,
-               "trainable": trainable, "total": total, "train_seconds": seconds, "steps": result.steps,
-               "train_cases": len(train), "eval_cases": len(held_out), "skipped": skipped, "method": options.method, "site": options.site}
-    report = run_dir / "report.md"
-    with atomic_write(report, "w") as handle:
-        handle.write(format_report(summary, spec.structures))
-    summary["report"] = str(report)
-    write_json(run_dir / "summary.json", summary)
-    return summary
+    metrics = {"base": base_metrics, "adapted": task.evaluate(model, evaluation)} if evaluation else {}
+    return {"model": model, "trainable": trainable, "total": total, "seconds": seconds, "steps": result.steps, "metrics": metrics}
+
+
+def kfold_cases(cases: list[Case], folds: int, seed: int) -> list[tuple[list[Case], list[Case]]]:
+    """K folds by case (never by patch), shuffled with ``seed``: ``[(train, held_out), ...]``; every
+    case is held out exactly once, fold sizes differ by at most one.
+
+    Raises:
+        DataError: fewer cases than folds.
+    """
+    if folds < 2 or len(cases) < folds:
+        raise DataError(f"{folds}-fold evaluation needs at least {max(folds, 2)} labelled cases, the site has {len(cases)}; "
+                        "use fewer --folds or the held-out split (--folds 0)")
+    order = torch.randperm(len(cases), generator=torch.Generator().manual_seed(seed)).tolist()
+    chunks = [order[k::folds] for k in range(folds)]
+    return [([cases[i] for i in order if i not in chunk], [cases[i] for i in chunk]) for chunk in chunks]
+
+
+def mean_metrics(per_fold: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over folds (NaN folds skipped), plus ``<key>_std`` (population std)."""
+    out: dict[str, float] = {}
+    for key in per_fold[0]:
+        values = torch.tensor([f[key] for f in per_fold], dtype=torch.float64)
+        values = values[~values.isnan()]
+        out[key] = float(values.mean()) if len(values) else float("nan")
+        out[f"{key}_std"] = float(values.std(unbiased=False)) if len(values) else float("nan")
+    return out
 
 
 def load_site_adapter(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike) -> nn.Module:
@@ -197,16 +261,33 @@ def train_base(site: str | os.PathLike, base_dir: str | os.PathLike, spec: BaseS
 
 
 def format_report(s: dict[str, Any], structures: tuple[str, ...]) -> str:
-    lines = [f"# Site adaptation: {s['site']} ({s['method']})", "",
-             f"{s['train_cases']} training case(s), {s['eval_cases']} held-out case(s); {s['steps']} steps in {s['train_seconds']:.1f} s; "
-             f"trainable parameters {s['trainable']:,} of {s['total']:,} ({100 * s['trainable'] / max(1, s['total']):.2f}%).", "",
-             "| structure | Dice base | Dice adapted | HD95 base (mm) | HD95 adapted (mm) |", "|---|---|---|---|---|"]
+    folds = s.get("folds") or []
+    share = f"trainable parameters {s['trainable']:,} of {s['total']:,} ({100 * s['trainable'] / max(1, s['total']):.2f}%)."
+    if folds:
+        lines = [f"# Site adaptation: {s['site']} ({s['method']}), {len(folds)}-fold evaluation", "",
+                 f"Each fold: an adapter trained on the other folds, base and adapted scored on the fold's cases. "
+                 f"The saved adapter was then trained on all {s['train_cases']} case(s) ({s['steps']} steps in "
+                 f"{s['train_seconds']:.1f} s); no case is left to score it, so its metrics are the {len(folds)}-fold means. " + share, "",
+                 "| fold | held-out cases | Dice base | Dice adapted | HD95 base (mm) | HD95 adapted (mm) |", "|---|---|---|---|---|---|"]
+        for f in folds:
+            lines.append(f"| {f['fold']} | {', '.join(f['eval_cases'])} | {f['base']['dice']:.3f} | {f['adapted']['dice']:.3f} | "
+                         f"{f['base']['hd95']:.2f} | {f['adapted']['hd95']:.2f} |")
+        lines += ["", "Mean ± std over folds:", ""]
+    else:
+        lines = [f"# Site adaptation: {s['site']} ({s['method']})", "",
+                 f"{s['train_cases']} training case(s), {s['eval_cases']} held-out case(s); {s['steps']} steps in {s['train_seconds']:.1f} s; "
+                 + share, ""]
+    lines += ["| structure | Dice base | Dice adapted | HD95 base (mm) | HD95 adapted (mm) |", "|---|---|---|---|---|"]
     for name in [*structures, None]:
         key = f"/{name}" if name else ""
         label = name or "**mean**"
-        lines.append(f"| {label} | {s['base']['dice' + key]:.3f} | {s['adapted']['dice' + key]:.3f} | "
-                     f"{s['base']['hd95' + key]:.2f} | {s['adapted']['hd95' + key]:.2f} |")
+        cells = [_cell(s[side], metric + key, digits) for metric, digits in (("dice", 3), ("hd95", 2)) for side in ("base", "adapted")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if s["skipped"]:
         lines += ["", "Skipped cases:", *[f"- {why}" for why in s["skipped"]]]
     return "\n".join(lines) + "\n"
 
+
+def _cell(metrics: dict[str, float], key: str, digits: int) -> str:
+    text = f"{metrics[key]:.{digits}f}"
+    return f"{text} ± {metrics[key + '_std']:.{digits}f}" if key + "_std" in metrics else text

@@ -1,4 +1,9 @@
-"""``scalpel medical adapt BASE SITE --out RUN``: one small adapter per site, with a base-vs-adapted report."""
+"""``scalpel medical adapt|predict|sites``: site adapters on a base checkpoint.
+
+    scalpel medical adapt BASE SITE --out RUN [--folds K]     one small adapter per site, base-vs-adapted report
+    scalpel medical predict --base BASE --adapter RUN/adapter SERIES_DIR --seg-out pred.dcm
+    scalpel medical sites --base BASE --runs runs/            the site adapters trained on BASE
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,25 @@ def register(commands: argparse._SubParsersAction) -> None:
         adapt.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata.get("help"))
     adapt.set_defaults(handler=_adapt)
 
+    predict = sub.add_parser(
+        "predict",
+        help="segment a DICOM series with a base (+ site adapter) and write a DICOM SEG",
+        description="Reads one image series from SERIES_DIR, predicts on its own grid, and writes a DICOM SEG that "
+                    "references the series and names the algorithm and adapter.",
+    )
+    predict.add_argument("series_dir", type=Path, metavar="SERIES_DIR", help="folder holding one DICOM image series")
+    predict.add_argument("--base", type=Path, required=True, help="base checkpoint folder (model.safetensors + model.json)")
+    predict.add_argument("--adapter", type=Path, help="site adapter folder (RUN/adapter); omit for the base alone")
+    predict.add_argument("--seg-out", type=Path, required=True, help="DICOM SEG file to write")
+    predict.add_argument("--series", help="SeriesInstanceUID, when SERIES_DIR holds several series")
+    predict.set_defaults(handler=_predict)
+
+    sites = sub.add_parser("sites", help="list the site adapters trained on a base checkpoint")
+    sites.add_argument("--base", type=Path, required=True, help="base checkpoint folder")
+    sites.add_argument("--runs", type=Path, default=Path("runs"), help="folder searched for adapters (default: runs)")
+    sites.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sites.set_defaults(handler=_sites)
+
 
 def _adapt(args: argparse.Namespace) -> int:
     from scalpel.medical.adapt import AdaptOptions, adapt_site
@@ -36,4 +60,41 @@ def _adapt(args: argparse.Namespace) -> int:
     summary = adapt_site(args.base, args.site_dir, args.out, AdaptOptions(deidentify=not args.no_deidentify, **values))
     print(Path(summary["report"]).read_text())
     print(json.dumps({k: summary[k] for k in ("adapter_dir", "report", "trainable", "total")}, indent=2))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from scalpel.medical.dicom.seg import write_seg
+    from scalpel.medical.predict import SiteAdapters, read_series
+
+    sites = SiteAdapters(args.base)
+    sites.use(args.adapter)
+    series = read_series(args.series_dir, series_uid=args.series)
+    labels = sites.predict(series)
+    path = write_seg(sites.seg(series, labels), args.seg_out)
+    counts = {name: int(np.sum(labels == k)) for k, name in enumerate(sites.spec.structures, start=1)}
+    print(json.dumps({"seg": str(path), "series_uid": series.series_uid, "shape": list(labels.shape), "voxels": counts,
+                      "adapter": str(args.adapter) if args.adapter else None}, indent=2))
+    return 0
+
+
+def _sites(args: argparse.Namespace) -> int:
+    from scalpel.medical.predict import find_site_adapters
+
+    rows, others = find_site_adapters(args.base, args.runs)
+    if args.json:
+        print(json.dumps({"adapters": rows, "other_bases": others}, indent=2))
+        return 0
+    if not rows:
+        print(f"no site adapters for {args.base} under {args.runs}; make one with: scalpel medical adapt {args.base} SITE --out RUN")
+    else:
+        print(f"{'site':<12} {'method':<10} {'dice':>6} {'trainable':>12} {'%':>7}  {'created':<25} adapter")
+        for r in rows:
+            dice = f"{r['dice']:.3f}" if isinstance(r["dice"], (int, float)) else "?"
+            share = f"{100 * r['trainable'] / r['total']:.2f}" if r["trainable"] and r["total"] else "?"
+            print(f"{r['site']:<12} {r['method']:<10} {dice:>6} {r['trainable'] or 0:>12,} {share:>7}  {r['created']:<25} {r['adapter_dir']}")
+    if others:
+        print(f"({others} site adapter(s) of other base checkpoints not listed)")
     return 0

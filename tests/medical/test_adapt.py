@@ -91,3 +91,23 @@ def test_bad_options():
     assert len(err.value.problems) == 3
     with pytest.raises(ConfigError, match="multiple of 2"):
         BaseSpec(SPEC.unet, STRUCTURES, patch=(15, 16, 16))
+
+
+def test_kfold_evaluation_scores_every_case_once_and_trains_the_final_adapter_on_all(sites, tmp_path):
+    from scalpel.medical.adapt import kfold_cases
+
+    summary = adapt_site(sites / "base", sites / "B", tmp_path / "run", AdaptOptions(folds=3, steps=1, deidentify=False))
+    held = [name for fold in summary["folds"] for name in fold["eval_cases"]]
+    assert sorted(held) == ["B000", "B001", "B002"]
+    assert summary["train_cases"] == 3 and summary["eval_cases"] == 0
+    dice = [f["adapted"]["dice"] for f in summary["folds"]]
+    assert summary["adapted"]["dice"] == pytest.approx(np.mean(dice))
+    assert summary["adapted"]["dice_std"] == pytest.approx(np.std(dice))
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "3-fold" in report and "±" in report and "trained on all 3 case(s)" in report
+    meta = read_adapter_meta(tmp_path / "run" / "adapter")
+    assert meta["extra"]["train_cases"] == ["B000", "B001", "B002"] and meta["extra"]["evaluation"] == "3-fold"
+    with pytest.raises(DataError, match="4-fold evaluation needs at least 4"):
+        kfold_cases(list(range(3)), 4, 0)
+    with pytest.raises(ConfigError, match="folds"):
+        AdaptOptions(folds=1)
