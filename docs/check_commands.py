@@ -8,7 +8,8 @@ run, unless the line before it (blank lines aside) is
 Each markdown file gets its own scratch copy of the repository (the files git tracks or
 would track, without ``.venv`` and ``runs/``), and its blocks run there in order, so a
 block may use what an earlier block of the same page wrote (train, then predict) and
-nothing is written into the checkout. A block runs as one ``bash -e -o pipefail`` script
+nothing is written into the checkout (the code that runs is the installed Scalpel, with
+``pip install -e .`` the checkout's own). A block runs as one ``bash -e -o pipefail`` script
 from the copy's root, with the virtual environment's ``bin`` first on ``PATH``,
 ``OMP_NUM_THREADS=1`` and the Hugging Face hubs switched offline. A failure prints the
 file and line of the command that failed and the block's output; the exit status is 1
