@@ -120,7 +120,7 @@ class SegmentationConfig(MedicalConfig):
     task: ClassVar[str] = "segmentation"
     output_dir: str = field(default="runs/medical-segmentation", metadata={"help": "run directory"})
     structures: tuple[str, ...] = field(default=(), metadata={"help": "structure names for label values 1..N (empty: the base's, or the phantom's)"})
-    patch: tuple[int, ...] = field(default=(32, 32, 32), metadata={"help": "training patch = inference window (x y z)"})
+    patch: tuple[int, ...] = field(default=(32, 32, 32), metadata={"help": "training patch = inference window (x y z); x y: a 2-D network on axial slices"})
     samples_per_volume: int = field(default=2, metadata={"help": "patches cropped from each volume per batch"})
     augment: bool = field(default=True, metadata={"help": "random flips, 90-degree rotations and intensity changes"})
 
@@ -128,7 +128,8 @@ class SegmentationConfig(MedicalConfig):
         object.__setattr__(self, "patch", tuple(int(v) for v in self.patch))
         object.__setattr__(self, "structures", tuple(str(v) for v in self.structures))
         super().__post_init__()
-        raise_if_problems("medical.segmentation config", [] if len(self.patch) == 3 else [f"patch must be 3 sizes, got {self.patch}"])
+        raise_if_problems("medical.segmentation config",
+                          [] if len(self.patch) in (2, 3) else [f"patch must be 3 sizes (or 2: a 2-D network on axial slices), got {self.patch}"])
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ def _run(config: MedicalConfig) -> dict[str, Any]:
 def _network_spec(config: MedicalConfig, out: int) -> NetworkSpec:
     name = config.network or ("unet" if config.task == "segmentation" else "densenet121")
     options = config.network_options or (DEMO_OPTIONS.get(name, {}) if not config.data else {})
-    dims = 3 if config.task == "segmentation" else config.spatial_dims
+    dims = len(config.patch) if config.task == "segmentation" else config.spatial_dims
     return NetworkSpec(name, spatial_dims=dims, in_channels=1, out_channels=out, options=options)
 
 
@@ -396,8 +397,13 @@ def _with_teacher(config: MedicalConfig, task: Any) -> Any:
     if config.task == "segmentation":
         from scalpel.medical.segmentation import distillation_task
 
+        problems = []
         if len(facts.get("structures") or ()) not in (0, len(task.structure_names)):
-            raise ConfigError("distillation", [f"the teacher segments {facts['structures']}, the student {task.structure_names}"])
+            problems.append(f"the teacher segments {facts['structures']}, the student {task.structure_names}")
+        if facts.get("patch") and len(facts["patch"]) != len(task.roi_size):
+            problems.append(f"the teacher is a {len(facts['patch'])}-D network, the student {len(task.roi_size)}-D; "
+                            "give a teacher that sees the same patches")
+        raise_if_problems("distillation", problems)
         return distillation_task(task, teacher, alpha=config.distill_alpha, temperature=config.distill_temperature)
     from scalpel.core.distill import DistillationTask
 
@@ -425,6 +431,8 @@ def _demo_data_and_base(config: MedicalConfig) -> tuple[str, Path]:
             write_presence_site(data / "B", "B", cases=2 * cases, shape=(edge,) * 3, seed=config.seed + 1)
         (data / "done").write_text("complete\n")
     key = f"{config.task}-{name}-{sorted(config.network_options.items())}-{config.quick}-{config.base_steps}-{config.seed}"
+    if config.task == "segmentation":
+        key += f"-{len(config.patch)}d"
     if config.task == "classification":
         key += f"-{config.spatial_dims}-{config.size}-{config.structure}"
     base = root / f"model-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
@@ -432,7 +440,7 @@ def _demo_data_and_base(config: MedicalConfig) -> tuple[str, Path]:
         base_config = replace(config, data=str(data / "A"), base="", method="full", teacher="", output_dir=str(base / "fit"),
                               steps=60 if config.quick else config.base_steps, quick=False,
                               network_options=config.network_options or DEMO_OPTIONS.get(name, {}),
-                              **({"structures": STRUCTURES, "patch": (edge,) * 3} if config.task == "segmentation" else {}))
+                              **({"structures": STRUCTURES, "patch": (edge,) * len(config.patch)} if config.task == "segmentation" else {}))
         trained = _train_base(base_config)
         save_checkpoint(trained["model"], trained["spec"], base, **trained["facts"])
     return str(data / "B"), base

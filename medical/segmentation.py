@@ -100,7 +100,9 @@ class SegmentationTask:
     Batches are dicts ``{"image": (B, C, *spatial) float, "label": (B, 1, *spatial) int}``,
     optionally ``"spacing": (B, D)`` in mm (then HD95 is in mm). Training batches are
     patches of ``roi_size``; evaluation batches may be whole volumes of any size, which
-    are predicted window by window (``monai.inferers.sliding_window_inference``).
+    are predicted window by window (``monai.inferers.sliding_window_inference``). With a
+    2-D ``roi_size`` and 3-D volumes, a 2-D network predicts every axial slice
+    (``monai.inferers.SliceInferer`` over the last axis) and the metrics are 3-D.
 
     Args:
         structure_names: one name per foreground class (label values 1..N).
@@ -151,8 +153,15 @@ class SegmentationTask:
         """``(B, C, *spatial)`` -> ``(B, num_classes, *spatial)`` by sliding-window inference."""
         from monai.inferers import sliding_window_inference
 
-        _check_roi(image, self.roi_size)
-        out = sliding_window_inference(image, self.roi_size, self.sw_batch_size, model, overlap=self.overlap, mode="gaussian")
+        if image.dim() - 2 == len(self.roi_size) + 1:  # a 2-D network on a volume: slice by slice (axial, last axis)
+            from monai.inferers import SliceInferer
+
+            inferer = SliceInferer(spatial_dim=2, roi_size=self.roi_size, sw_batch_size=self.sw_batch_size,
+                                   overlap=self.overlap, mode="gaussian")
+            out = inferer(image, model)
+        else:
+            _check_roi(image, self.roi_size)
+            out = sliding_window_inference(image, self.roi_size, self.sw_batch_size, model, overlap=self.overlap, mode="gaussian")
         return out.as_tensor() if hasattr(out, "as_tensor") else out
 
     @torch.no_grad()

@@ -16,7 +16,7 @@ windowed volumes once and only the random part runs every epoch):
 3. ``ScaleIntensityRanged``: the HU ``window`` onto [0, 1], clipped (a CT window);
 4. a size check: every axis at least the training ``patch`` (else an error naming the fix);
 5. training only: ``RandCropByPosNegLabeld`` (``samples_per_volume`` patches, foreground-centred
-   with probability ``positive_fraction``), ``RandFlipd`` per axis, ``RandRotate90d`` in the
+   with probability ``positive_fraction``; a 2-size ``patch`` cuts 2-D axial patches), ``RandFlipd`` per axis, ``RandRotate90d`` in the
    axial plane, small ``RandRotated``, ``RandScaleIntensityd`` / ``RandShiftIntensityd`` and
    ``RandGaussianNoised`` (random draws shared by image and label where both move).
 
@@ -53,7 +53,7 @@ class PreprocessConfig:
     orientation: str = "RAS"
     """axis codes to reorient to; empty keeps the stored orientation"""
     patch: tuple[int, ...] = (32, 32, 32)
-    """training patch (and the smallest volume accepted)"""
+    """training patch (and the smallest volume accepted); two sizes: 2-D axial patches (x, y) of the volumes"""
     samples_per_volume: int = 2
     """patches cropped from each cached volume per epoch"""
     positive_fraction: float = 0.5
@@ -79,8 +79,8 @@ class PreprocessConfig:
             problems.append(f"window must be (low, high) HU with high > low, got {tuple(self.window)}")
         if len(self.patch) not in (2, 3) or any(int(p) < 1 for p in self.patch):
             problems.append(f"patch must be 2 or 3 sizes >= 1, got {tuple(self.patch)}")
-        if self.spacing and (len(self.spacing) != len(self.patch) or any(s <= 0 for s in self.spacing)):
-            problems.append(f"spacing must be {len(self.patch)} positive sizes in mm (or empty), got {tuple(self.spacing)}")
+        if self.spacing and (len(self.spacing) != 3 or any(s <= 0 for s in self.spacing)):
+            problems.append(f"spacing must be 3 positive sizes in mm, one per volume axis (or empty), got {tuple(self.spacing)}")
         if self.samples_per_volume < 1:
             problems.append(f"samples_per_volume must be >= 1, got {self.samples_per_volume}")
         for name in ("positive_fraction", "flip_prob", "rotate90_prob"):
@@ -103,7 +103,8 @@ class RequireSized(MapTransform):
         out = dict(data)
         for key in self.key_iterator(out):
             size = tuple(out[key].shape[1:])
-            if len(size) != len(self.min_size) or any(s < m for s, m in zip(size, self.min_size, strict=True)):
+            # a 2-D patch is cut from axial slices: only the in-plane axes must be large enough
+            if len(size) < len(self.min_size) or any(s < m for s, m in zip(size, self.min_size, strict=False)):
                 case = out.get("case", key)
                 raise DataError(f"{case}: the volume is {'x'.join(map(str, size))} voxels (after resampling), smaller than "
                                 f"the {'x'.join(map(str, self.min_size))} patch; use a smaller patch, a finer spacing, or drop it")
@@ -159,10 +160,15 @@ def augmentation(config: PreprocessConfig, *, keys: Sequence[str] = KEYS) -> lis
         RandShiftIntensityd,
     )
 
+    from monai.transforms import SqueezeDimd
+
     keys = list(keys)
     pos = config.positive_fraction
-    steps: list[Any] = [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=tuple(config.patch), pos=pos,
-                                               neg=1.0 - pos, num_samples=config.samples_per_volume, image_key="image")]
+    slices = len(config.patch) == 2  # 2-D patches: a one-slice 3-D crop, then the slice axis dropped
+    steps: list[Any] = [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=tuple(config.patch) + ((1,) if slices else ()),
+                                               pos=pos, neg=1.0 - pos, num_samples=config.samples_per_volume, image_key="image")]
+    if slices:
+        steps.append(SqueezeDimd(keys, dim=3))
     if not config.augment:
         return steps
     dims = len(config.patch)

@@ -102,3 +102,15 @@ def test_bad_input_is_refused():
     with pytest.raises(ConfigError, match="unknown key"):
         UNetSpec.from_dict({"spatial_dims": 3, "depth": 4})
     assert UNetSpec.from_dict(UNetSpec().to_dict()) == UNetSpec()
+
+
+def test_a_2d_network_segments_a_volume_slice_by_slice():
+    torch.manual_seed(0)
+    model = UNetSpec(spatial_dims=2, out_channels=3, channels=(4, 8), strides=(2,)).build().eval()
+    task = SegmentationTask(["a", "b"], roi_size=(16, 12), hd95=False)
+    volume = torch.randn(1, 1, 16, 12, 5)
+    logits = task.logits(model, volume)
+    assert logits.shape == (1, 3, 16, 12, 5)
+    with torch.no_grad():  # one window per slice: exactly the network's output on that slice
+        expected = torch.stack([model(volume[..., z]) for z in range(5)], dim=-1)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)

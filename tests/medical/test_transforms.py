@@ -90,7 +90,7 @@ def test_cache_dataset_loads_each_volume_once(site, tmp_path):
 
 def test_bad_config_reports_every_problem():
     with pytest.raises(ConfigError) as info:
-        PreprocessConfig(window=(100.0, 0.0), patch=(8, 8), spacing=(1.0, 1.0, 1.0), flip_prob=2.0, samples_per_volume=0)
+        PreprocessConfig(window=(100.0, 0.0), patch=(8, 8), spacing=(1.0, -1.0, 1.0), flip_prob=2.0, samples_per_volume=0)
     message = str(info.value)
     for fragment in ("window", "spacing", "flip_prob", "samples_per_volume"):
         assert fragment in message
@@ -109,3 +109,15 @@ def test_label_off_the_image_grid_and_a_volume_smaller_than_the_patch_are_refuse
         cached_dataset(records(cases), segmentation_transforms(PreprocessConfig(patch=(32, 32, 32)), train=True))
     with pytest.raises(DataError, match="no records"):
         cached_dataset([], None)
+
+
+def test_two_patch_sizes_cut_2d_axial_patches(site):
+    _, cases = site
+    config = PreprocessConfig(patch=(8, 8), samples_per_volume=3)
+    dataset = cached_dataset(records(cases), segmentation_transforms(config, train=True))
+    patches = dataset[0]
+    assert len(patches) == 3
+    for patch in patches:
+        assert tuple(patch["image"].shape) == (1, 8, 8) and tuple(patch["label"].shape) == (1, 8, 8)
+    with pytest.raises(ConfigError, match="3 positive sizes"):
+        PreprocessConfig(patch=(8, 8), spacing=(1.0, 1.0))
