@@ -92,8 +92,12 @@ def pip_command(args: str) -> str:
 
 @dataclass
 class Row:
+    """One line of the report: an item, its installed version, and the fix when it is missing."""
+
     name: str
+    """Distribution (or file) name."""
     purpose: str
+    """What it is for (``dependency`` for Scalpel's own requirements)."""
     version: str | None
     """Installed version; ``"present"`` for a file asset; None when missing."""
     problem: str | None = None
@@ -104,18 +108,29 @@ class Row:
 
 @dataclass
 class Report:
+    """Everything ``scalpel doctor`` prints (``--json`` writes it as is, plus ``fixes``)."""
+
     python: str
+    """Version and path of the interpreter."""
     platform: str
     scalpel: str | None
+    """Installed ``scalpel-peft`` version."""
     dependencies: list[Row] = field(default_factory=list)
+    """Scalpel's own requirements, from its package metadata."""
     device: dict[str, Any] = field(default_factory=dict)
+    """``kind`` (cuda, mps, cpu), CUDA devices, bf16 and thread counts: see :func:`device_info`."""
     assets: list[Row] = field(default_factory=list)
+    """Demo data and weights (``make assets``)."""
     decoders: list[Row] = field(default_factory=list)
+    """Optional DICOM pixel-data decoders."""
     optional: list[Row] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    """Installed ``scalpel`` subcommands (entry points)."""
     pipelines: list[str] = field(default_factory=list)
+    """Installed ``scalpel run`` pipelines."""
 
     def fixes(self) -> list[str]:
+        """The commands that install every missing or outdated item, in report order."""
         rows = self.dependencies + self.assets + self.decoders + self.optional
         return [r.fix for r in rows if r.fix]
 

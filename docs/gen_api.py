@@ -138,7 +138,8 @@ def document_class(qualname: str, cls: type) -> list[str]:
         lines += [f"*dataclass* `{qualname}(...)`", ""]
     else:
         lines += [f"```python\nclass {qualname}{signature(cls)}\n```", ""]
-    if doc := first_paragraph(cls.__doc__):
+    doc = first_paragraph(cls.__doc__)
+    if doc and not (kind == "dataclass" and doc.startswith(f"{cls.__name__}(")):  # not dataclass's generated one
         lines += [doc, ""]
     if kind == "dataclass":
         docs = field_docs(cls)
