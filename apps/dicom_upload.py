@@ -1,4 +1,5 @@
-"""DICOM uploads held in memory: files or zips -> datasets -> series -> volumes (no Streamlit).
+"""DICOM uploads held in memory: files or zips -> datasets -> series -> volumes -> a site
+adapter's segmentation and its DICOM SEG (no Streamlit).
 
 Nothing is written to disk: pydicom reads each file from a ``BytesIO``, and zip members
 are read from the in-memory archive. A zip's total uncompressed size is limited (a
@@ -151,11 +152,47 @@ def to_display(plane: np.ndarray, center: float, width: float, invert: bool = Fa
     return (apply_window(plane, center, width, invert) * 255).round().astype(np.uint8)
 
 
+#: Overlay colours by label value (0 = background, unused); names for the page's legend.
+PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48]], np.float32)
+COLOUR_NAMES = ("none", "red", "green", "yellow", "blue", "orange")
+
+
 def overlay(grey: np.ndarray, mask: np.ndarray, opacity: float = 0.4) -> np.ndarray:
     """(rows, cols) uint8 grey + integer label mask -> (rows, cols, 3) uint8 RGB, labels coloured."""
-    palette = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48]], np.float32)
+    palette = PALETTE
     rgb = np.repeat(grey[..., None].astype(np.float32), 3, axis=-1)
     labelled = mask > 0
     colours = palette[np.clip(mask, 0, len(palette) - 1)]
     rgb[labelled] = (1 - opacity) * rgb[labelled] + opacity * colours[labelled]
     return rgb.round().astype(np.uint8)
+
+
+@dataclass
+class UploadPrediction:
+    """A site adapter's segmentation of an uploaded series, all in memory."""
+
+    labels: np.ndarray
+    """(X, Y, Z) uint8 on the series grid (X = columns, Y = rows, Z = slices in slice order)"""
+    seg: bytes
+    """the DICOM SEG file referencing the uploaded slices"""
+    structures: list[str]
+
+    def plane(self, index: int) -> np.ndarray:
+        """(rows, cols) labels of slice ``index`` (0-based, the order of :meth:`UploadedSeries.volume`)."""
+        return self.labels[:, :, index].T
+
+
+def predict_upload(series: UploadedSeries, sites, adapter_dir) -> UploadPrediction:
+    """Segment ``series`` with the base in ``sites`` (a :class:`~scalpel.medical.predict.SiteAdapters`)
+    and the adapter at ``adapter_dir``; the SEG is built in memory, nothing touches the disk.
+
+    Raises:
+        DataError: slices without geometry, a series smaller than the base's patch, a
+            multi-frame upload; BaseModelMismatchError: the adapter is another base's.
+    """
+    from scalpel.medical.dicom.seg import seg_bytes
+    from scalpel.medical.predict import read_series
+
+    prepared = read_series(series.datasets)
+    labels = sites.predict(prepared, adapter_dir)
+    return UploadPrediction(labels, seg_bytes(sites.seg(prepared, labels)), list(sites.spec.structures))

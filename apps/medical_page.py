@@ -1,17 +1,30 @@
-"""Medical page: upload DICOM files or a zip of a series, see the series inventory, and
-view slices with window presets or centre/width controls.
+"""Medical page: upload DICOM files or a zip of a series, see the series inventory, view
+slices with window presets or centre/width controls, and segment the series with a site
+adapter: the label overlay (with opacity) on the viewer and the predicted DICOM SEG as a download.
 
-Uploads stay in memory (:mod:`scalpel.apps.dicom_upload`); patient-identifying header
-fields are hidden unless the user ticks "Show patient information".
+Uploads stay in memory (:mod:`scalpel.apps.dicom_upload`); the prediction and its SEG are
+made in memory too. Patient-identifying header fields are hidden unless the user ticks
+"Show patient information". Site adapters are the runs of ``scalpel medical adapt``
+(``extra.task == "medical.site"``); their base is loaded once per base checkpoint
+(``st.cache_resource``) and adapters are switched on it without reloading it.
 """
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
+import numpy as np
 import streamlit as st
 
 from scalpel.apps.common import MAX_UPLOAD_MB, friendly_errors, runs_dir_input, too_large
-from scalpel.apps.dicom_upload import UploadedSeries, group_series, read_uploads, to_display
+from scalpel.apps.dicom_upload import COLOUR_NAMES, UploadedSeries, UploadPrediction, group_series, overlay, predict_upload, read_uploads, to_display
+from scalpel.apps.runs import RunInfo, find_runs
 from scalpel.medical.dicom.pixels import WINDOW_PRESETS
+
+SITE_TASKS = ("medical.site",)
+NO_SITE_RUNS = ("No site adapters in `{root}`: make one with `make demo`, or with `scalpel medical adapt BASE SITE --out "
+                "runs/<site>` (see docs/medical.md), or point the runs directory in the sidebar at your runs.")
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -20,7 +33,63 @@ def _volume(key: str, _series: UploadedSeries):
     return _series.volume()
 
 
-def viewer(series: UploadedSeries) -> None:
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _site_adapters(base_dir: str):
+    """One base checkpoint per process, shared by sessions; the lock serialises adapter switches."""
+    from scalpel.medical.predict import SiteAdapters
+
+    return SiteAdapters(base_dir), threading.Lock()
+
+
+@st.cache_resource(show_spinner="Segmenting the series...", max_entries=8)
+def _prediction(key: str, base_dir: str, adapter_dir: str, _series: UploadedSeries) -> UploadPrediction:
+    """The segmentation of these slices by this adapter, kept in memory (keyed by the slices'
+    UIDs and the adapter; cache_resource, so nothing is serialised)."""
+    sites, lock = _site_adapters(base_dir)
+    with lock:
+        return predict_upload(_series, sites, adapter_dir)
+
+
+def segmentation_panel(series: UploadedSeries, root: str) -> UploadPrediction | None:
+    """Pick a site adapter, segment the series, offer the DICOM SEG; None without a prediction."""
+    st.subheader("Segmentation")
+    runs, problems = find_runs(root, SITE_TASKS)
+    for problem in problems:
+        st.sidebar.warning(problem)
+    if not runs:
+        st.info(NO_SITE_RUNS.format(root=root))
+        return None
+    names = [_run_label(r) for r in runs]
+    chosen = st.selectbox("Site adapter", ["none (images only)", *names], index=1, key="medical_run",
+                          help="Adapters of `scalpel medical adapt`; switching them does not reload the base")
+    if chosen not in names:
+        return None
+    run = runs[names.index(chosen)]
+    with st.expander(f"Adapter: {run.name}", expanded=False):
+        st.dataframe([run.summary()], hide_index=True)
+    base_dir = str(run.extra.get("base_dir", ""))
+    if not base_dir or not (Path(base_dir) / "model.json").is_file():
+        st.error(f"The base checkpoint of {run.name} is not at {base_dir or '(not recorded)'}; put the base back there "
+                 "or adapt again with `scalpel medical adapt` (it records the base folder).")
+        return None
+    if str(series.first.get("Modality", "")) not in ("CT", ""):
+        st.warning(f"This adapter was trained on CT in HU; the upload is {series.first.get('Modality')}, so expect nonsense.")
+    with friendly_errors("Cannot segment this series"):
+        prediction = _prediction(series.key, base_dir, str(run.adapter_dir), series)
+        st.download_button("Download the DICOM SEG", data=prediction.seg, file_name="segmentation.dcm",
+                           mime="application/dicom", key="seg_download",
+                           help="A DICOM Segmentation referencing the uploaded slices, naming the algorithm and adapter")
+        return prediction
+    return None
+
+
+def _run_label(run: RunInfo) -> str:
+    dice = run.metrics.get("dice")
+    score = f", Dice {dice:.3f}" if isinstance(dice, (int, float)) else ""
+    return f"{run.extra.get('site', '?')} - {run.extra.get('method', '?')}{score} ({run.name})"
+
+
+def viewer(series: UploadedSeries, prediction: UploadPrediction | None = None) -> None:
     volume = _volume(series.key, series)
     n = volume.shape[0]
     index = st.slider("Slice", 1, n, (n + 1) // 2, key="dicom_slice") if n > 1 else 1
@@ -35,24 +104,25 @@ def viewer(series: UploadedSeries) -> None:
         center, width = series.file_window() if preset == "file" else WINDOW_PRESETS[preset]
     invert = str(series.first.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     image = to_display(volume[index - 1], center, width, invert)
+    legend = ""
+    if prediction is not None and prediction.labels.shape == (volume.shape[2], volume.shape[1], volume.shape[0]):
+        opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="seg_opacity")
+        plane = prediction.plane(index - 1)
+        image = overlay(image, plane, opacity)
+        legend = " - overlay: " + ", ".join(
+            f"{name} ({COLOUR_NAMES[k] if k < len(COLOUR_NAMES) else 'orange'}, {int(np.sum(plane == k))} px)"
+            for k, name in enumerate(prediction.structures, start=1))
     st.image(image, clamp=True, width=min(max(image.shape[1], 256), 768))
-    st.caption(f"slice {index}/{n} - window centre {center:g}, width {width:g}")
-
-
-def segmentation_note() -> None:
-    """The segmentation overlay needs a published medical segmentation predict function (not there yet)."""
-    st.caption("Segmentation overlay and DICOM SEG download: not available in the app yet (the medical "
-               "segmentation pipeline publishes no predict function); the viewer shows the images only.")
+    st.caption(f"slice {index}/{n} - window centre {center:g}, width {width:g}{legend}")
 
 
 def main() -> None:
     st.header("Medical imaging (DICOM)")
-    runs_dir_input()  # shared sidebar control (the other pages list runs from it)
+    root = runs_dir_input()  # shared sidebar control
     show_phi = st.sidebar.checkbox("Show patient information", value=False, key="dicom_phi",
                                    help="Patient name, ID, birth date... are hidden unless ticked")
     uploads = st.file_uploader(f"DICOM files or a .zip of a series (at most {MAX_UPLOAD_MB} MB)", accept_multiple_files=True,
                                key="dicom_files")
-    segmentation_note()
     if not uploads:
         st.info("Upload the slices of a series (or one zip). Nothing is written to disk.")
         return
@@ -74,7 +144,8 @@ def main() -> None:
         current = series[labels.index(chosen)]
         for problem in current.problems:
             st.caption(problem)
-        viewer(current)
+        prediction = segmentation_panel(current, root)
+        viewer(current, prediction)
 
 
 if __name__ == "__main__":

@@ -95,3 +95,77 @@ def test_upload_size_limit():
 
     assert too_large([SimpleNamespace(size=3 * 2**20), SimpleNamespace(size=2 * 2**20)], limit_mb=4)
     assert not too_large([SimpleNamespace(size=3 * 2**20)], limit_mb=4)
+
+
+@pytest.fixture(scope="module")
+def site_runs(tmp_path_factory):
+    """A runs root with two site adapters (LoRA, full) on one tiny base, and an unseen scanner-B series."""
+    from scalpel.medical.adapt import AdaptOptions, BaseSpec, adapt_site, train_base
+    from scalpel.medical.segmentation import UNetSpec
+    from scalpel.medical.synthetic import STRUCTURES, write_site
+
+    root = tmp_path_factory.mktemp("site_runs")
+    write_site(root / "A", "A", cases=2, shape=(16, 16, 16), seed=1)
+    write_site(root / "B", "B", cases=2, shape=(16, 16, 16), seed=2)
+    spec = BaseSpec(UNetSpec(out_channels=3, channels=(4, 8), strides=(2,)), STRUCTURES, patch=(16, 16, 16))
+    train_base(root / "A", root / "base", spec, steps=2)
+    for method in ("lora", "full"):
+        adapt_site(root / "base", root / "B", root / "runs" / method, AdaptOptions(method=method, site=f"B-{method}", steps=1,
+                                                                                  deidentify=False))
+    new = write_site(root / "new", "B", cases=1, shape=(16, 16, 16), seed=9)[0]
+    small = write_site(root / "small", "B", cases=1, shape=(16, 16, 8), seed=3)[0]
+    return {"root": root, "runs": root / "runs", "series": sorted(new.series_dir.glob("*.dcm")),
+            "small": sorted(small.series_dir.glob("*.dcm"))}
+
+
+def test_predict_upload_gives_labels_and_a_seg_of_the_uploaded_series(site_runs):
+    import pydicom
+
+    from scalpel.medical.predict import SiteAdapters, read_series
+
+    datasets, _ = read_uploads([(p.name, p.read_bytes()) for p in site_runs["series"]])
+    [upload] = group_series(datasets)
+    sites = SiteAdapters(site_runs["root"] / "base")
+    from scalpel.apps.dicom_upload import predict_upload
+
+    prediction = predict_upload(upload, sites, site_runs["runs"] / "lora" / "adapter")
+    expected = sites.predict(read_series(site_runs["series"][0].parent), site_runs["runs"] / "lora" / "adapter")
+    np.testing.assert_array_equal(prediction.labels, expected)
+    np.testing.assert_array_equal(prediction.plane(3), expected[:, :, 3].T)
+    seg = pydicom.dcmread(io.BytesIO(prediction.seg))
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == upload.series_uid
+    assert prediction.structures == [s.SegmentLabel for s in seg.SegmentSequence]
+
+
+def test_page_overlay_opacity_seg_download_and_adapter_switch(site_runs):
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["runs_dir"] = str(site_runs["runs"])
+    at.run()
+    assert not at.exception
+    at.file_uploader(key="dicom_files").set_value(("ct.zip", _zip(site_runs["series"]), "application/zip")).run()
+    assert not at.exception and not at.error
+    options = at.selectbox(key="medical_run").options
+    assert len(options) == 3 and any("B-lora" in o for o in options) and any("B-full" in o for o in options)
+    assert "overlay: dim sphere (red" in _texts(at) and len(at.get("download_button")) == 1
+    assert "not available" not in _texts(at)
+    at.slider(key="seg_opacity").set_value(0.9).run()
+    at.slider(key="dicom_slice").set_value(3).run()
+    assert not at.exception and len(at.get("image")) == 1
+    other = next(o for o in options[1:] if o != at.selectbox(key="medical_run").value)
+    at.selectbox(key="medical_run").select(other).run()
+    assert not at.exception and not at.error and len(at.get("download_button")) == 1
+    at.selectbox(key="medical_run").select(options[0]).run()
+    assert not at.exception and not at.get("download_button") and "overlay:" not in _texts(at)
+
+
+def test_page_segmentation_errors_are_messages(site_runs, tmp_path):
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["runs_dir"] = str(site_runs["runs"])
+    at.run()
+    at.file_uploader(key="dicom_files").set_value(("small.zip", _zip(site_runs["small"]), "application/zip")).run()
+    assert not at.exception
+    assert at.error and "smaller than the base's 16x16x16 patch" in at.error[0].value
+    assert len(at.get("image")) == 1  # the viewer still shows the images
+    at.session_state["runs_dir"] = str(tmp_path)
+    at.run()
+    assert not at.exception and any("No site adapters" in i.value for i in at.info)
