@@ -14,10 +14,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from torch import Tensor
 
 from scalpel.core.errors import DataError, ScalpelError
+from scalpel.core.files import atomic_write
 from scalpel.medical.dicom import DeidOptions, deidentify_folder, load_label, load_series, scan_folder
 
 _LABEL_SUFFIXES = (".nii.gz", ".nii", ".dcm")
@@ -155,3 +159,107 @@ class PatchBatches:
 def eval_batches(cases: list[Case]) -> list[dict[str, Tensor]]:
     """One whole volume per batch, with its spacing (HD95 in mm)."""
     return [{"image": c.image[None], "label": c.label[None], "spacing": torch.tensor([c.spacing])} for c in cases]
+
+
+def write_case_from_nifti(
+    image_path: str | os.PathLike,
+    label: str | os.PathLike | np.ndarray,
+    site: str | os.PathLike,
+    case: str,
+    *,
+    modality: str = "MR",
+    step: int = 1,
+    z_range: tuple[int, int] | None = None,
+) -> Path:
+    """Write a NIfTI volume as one DICOM series of a site folder, with its label map beside it.
+
+    For data that exists only as NIfTI (atlases, templates, the Debian ``mricron-data``
+    files): ``site/dicom/<case>/NNNN.dcm`` (MR or CT Image Storage, one file per slice,
+    geometry from the NIfTI affine) and ``site/labels/<case>.nii.gz`` on the same grid.
+
+    Args:
+        image_path: the image (``.nii``/``.nii.gz``); values are stored as int16 with a
+            RescaleSlope/Intercept that preserves them to within half a step.
+        label: a label NIfTI on the image's grid, or an ``(X, Y, Z)`` integer array.
+        step: keep every ``step``-th voxel along each axis (a coarser grid, spacing x step).
+        z_range: keep slices ``[start, stop)`` (after ``step``): a slab of the volume.
+
+    Returns:
+        The case's series folder.
+
+    Raises:
+        DataError: the label's shape differs from the image's, or the image is not 3-D.
+    """
+    import nibabel as nib
+    from pydicom.uid import CTImageStorage, MRImageStorage
+
+    from scalpel.medical.synthetic import write_nifti
+
+    nii = nib.load(str(image_path))
+    image = np.asanyarray(nii.dataobj).astype(np.float64)
+    labels = np.asarray(label) if isinstance(label, np.ndarray) else np.asanyarray(nib.load(str(label)).dataobj)
+    while image.ndim > 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim != 3 or labels.shape[:3] != image.shape:
+        raise DataError(f"{image_path}: need a 3-D image and a label of the same shape, got {image.shape} and {labels.shape}")
+    ras = np.asarray(nii.affine, dtype=np.float64) @ np.diag([step, step, step, 1.0])
+    image, labels = image[::step, ::step, ::step], labels[::step, ::step, ::step]
+    if z_range is not None:
+        ras = ras @ _translation(0, 0, z_range[0])
+        image, labels = image[:, :, z_range[0]:z_range[1]], labels[:, :, z_range[0]:z_range[1]]
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras
+    rows_dir, cols_dir = lps[:3, 0] / np.linalg.norm(lps[:3, 0]), lps[:3, 1] / np.linalg.norm(lps[:3, 1])
+    if np.dot(np.cross(rows_dir, cols_dir), lps[:3, 2]) < 0:
+        # DICOM readers order slices along row x column; keep that order the array's own
+        image, labels = image[:, :, ::-1], labels[:, :, ::-1]
+        lps = lps @ _translation(0, 0, image.shape[2] - 1) @ np.diag([1.0, 1.0, -1.0, 1.0])
+    low, high = float(image.min()), float(image.max())
+    if np.array_equal(image, np.round(image)) and low >= -32768 and high <= 32767:
+        slope, intercept, stored = 1.0, 0.0, image.astype(np.int16)
+    else:  # spread the range over int16: value = stored * slope + intercept
+        slope = max((high - low) / 65000.0, 1e-9)
+        intercept = low + 32500.0 * slope
+        stored = (np.round((image - low) / slope) - 32500.0).astype(np.int16)
+    folder = Path(site) / "dicom" / case
+    folder.mkdir(parents=True, exist_ok=True)
+    sop_class = MRImageStorage if modality == "MR" else CTImageStorage
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    spacing = (float(np.linalg.norm(lps[:3, 1])), float(np.linalg.norm(lps[:3, 0])))  # (row, column) spacing
+    for z in range(image.shape[2]):
+        ds = _image_slice(stored[:, :, z].T, sop_class, modality, (study, series, frame), lps @ [0.0, 0.0, z, 1.0],
+                          (*rows_dir, *cols_dir), spacing, float(np.linalg.norm(lps[:3, 2])), z + 1, case, (slope, intercept))
+        with atomic_write(folder / f"{z:04d}.dcm") as handle:
+            ds.save_as(handle, enforce_file_format=True)
+    (Path(site) / "labels").mkdir(parents=True, exist_ok=True)
+    write_nifti(Path(site) / "labels" / f"{case}.nii.gz", labels.astype(np.uint8), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps)
+    return folder
+
+
+def _translation(x: float, y: float, z: float) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, 3] = (x, y, z)
+    return out
+
+
+def _image_slice(pixels, sop_class, modality, uids, position, orientation, spacing, thickness, number, case, rescale) -> Dataset:
+    study, series, frame = uids
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID = f"Case^{case}", case  # the case name is the only identity a NIfTI has
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.StudyID = modality, 1, number, "1"
+    ds.SeriesDescription = f"from NIfTI ({case})"
+    ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
+    ds.ImagePositionPatient = [f"{v:.4f}" for v in position[:3]]
+    ds.PixelSpacing = [f"{v:.6g}" for v in spacing]
+    ds.SliceThickness = f"{thickness:.6g}"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleSlope, ds.RescaleIntercept = f"{rescale[0]:.10g}", f"{rescale[1]:.10g}"
+    ds.PixelData = np.ascontiguousarray(pixels.astype("<i2")).tobytes()
+    return ds
