@@ -13,6 +13,7 @@ class is the second (``class_names[1]``); with more, every class is scored one-v
 are their unweighted (macro) means. AUC is NaN (and left out of means) for a class that the
 evaluation set holds no positive or no negative example of.
 
+Image-level labels from a CSV (``case,label``): :func:`read_class_labels`, :func:`class_samples`.
 Labelled data without annotators: :func:`presence_samples` derives the label from a
 segmentation label map ("does this volume / this axial slice contain structure X"), and
 :func:`write_presence_site` writes synthetic CT series whose single sphere is or is not
@@ -128,6 +129,48 @@ def presence_samples(
             resized = F.interpolate(img[None], size=(size,) * (img.dim() - 1), mode=mode, align_corners=False)[0]
             samples.append({"image": resized, "label": int(bool((lab == structure).any())), "case": case})
     return samples
+
+
+def read_class_labels(site: str | os.PathLike, csv_path: str | os.PathLike) -> tuple[list[dict[str, str]], list[str], list[str]]:
+    """Image-level labels: a CSV with columns ``case`` and ``label`` (one row per case folder
+    ``site/dicom/<case>``). Returns the records ``{"image", "case", "class"}``, the class names
+    (sorted) and why cases were skipped (a row without a series, a series without a row).
+
+    Raises:
+        DataError: unreadable CSV, missing columns, fewer than two classes, or no usable case.
+    """
+    import csv
+
+    path, root = Path(csv_path), Path(site) / "dicom"
+    if not path.is_file():
+        raise DataError(f"labels CSV {path} does not exist; give a CSV with columns case,label")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"case", "label"} <= set(rows[0]):
+        raise DataError(f"{path} needs a header with columns 'case' and 'label' (got {sorted(rows[0]) if rows else 'no rows'})")
+    series = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    records, skipped = [], []
+    for row in rows:
+        case, label = row["case"].strip(), row["label"].strip()
+        if case not in series:
+            skipped.append(f"{case}: in {path.name} but no series folder {root}/{case}")
+        elif not label:
+            skipped.append(f"{case}: empty label in {path.name}")
+        else:
+            records.append({"image": str(root / case), "case": case, "class": label})
+    labelled = {r["case"] for r in records}
+    skipped += [f"{name}: no row in {path.name}" for name in sorted(series - labelled)]
+    names = sorted({r["class"] for r in records})
+    if len(names) < 2:
+        raise DataError(f"{path}: need at least two classes among the usable cases, found {names or 'none'}; {'; '.join(skipped)}")
+    return records, names, skipped
+
+
+def class_samples(volumes: Iterable[tuple[str, Tensor, int]], *, size: int) -> list[dict[str, Any]]:
+    """One sample per volume with its class index: ``(case, image (1, X, Y, Z), class)`` -> resized to ``size``^3."""
+    return [{"image": F.interpolate(torch.as_tensor(image).float()[None], size=(size,) * 3, mode="trilinear",
+                                    align_corners=False)[0], "label": int(label), "case": case}
+            for case, image, label in volumes]
 
 
 class ClassificationSamples(torch.utils.data.Dataset):

@@ -5,6 +5,7 @@
     NetworkSpec("monai.networks.nets.AttentionUnet", 2, 1, 3, {"channels": [8, 16], "strides": [2]}).build()
     model = build_network(my_module)                       # an nn.Module passes through unchanged
     adapt(model, "lora", target_types=lora_target_types(model))   # Conv2d/Conv3d and attention Linear
+    save_checkpoint(model, spec, "base/", structures=[...]); model, spec, facts, sha = load_checkpoint("base/")
 
 A spec is what a base checkpoint stores beside its weights (``to_dict`` / ``from_dict``), so
 the base can be rebuilt exactly. It has the interface of
@@ -27,18 +28,24 @@ resnet10..50  classification  ``resnet10/18/34/50`` (He et al. 2016; MONAI's 2D/
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from scalpel.core.config import raise_if_problems
-from scalpel.core.errors import ConfigError, MissingDependencyError
+from scalpel.core.errors import AdapterError, ConfigError, MissingDependencyError
+from scalpel.core.files import read_json, read_safetensors, write_json, write_safetensors
 from scalpel.core.registry import Registry
+
+WEIGHTS, SPEC = "model.safetensors", "model.json"
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,37 @@ def lora_target_types(model: nn.Module) -> tuple[str, ...]:
 
 #: Attention projections of MONAI's Swin and ViT blocks (``WindowAttention.qkv/proj``, ``SABlock.qkv/out_proj``).
 ATTENTION_TARGETS = r"attn\.(qkv|proj|out_proj)"
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model: nn.Module, spec: Any, folder: str | os.PathLike, **facts: Any) -> Path:
+    """Write a base: ``model.safetensors`` + ``model.json`` (``{"network": spec, **facts}``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(folder / WEIGHTS, {k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    write_json(folder / SPEC, {"network": spec.to_dict(), **facts})
+    return folder
+
+
+def load_checkpoint(folder: str | os.PathLike) -> tuple[nn.Module, Any, dict[str, Any], str]:
+    """``(model in eval mode, network spec, model.json, SHA-256 of the weights)``.
+
+    Raises:
+        AdapterError: not a checkpoint folder, or weights that do not fit the spec.
+    """
+    folder = Path(folder)
+    if not (folder / WEIGHTS).is_file() or not (folder / SPEC).is_file():
+        raise AdapterError(f"{folder} is not a base checkpoint: it needs {WEIGHTS} and {SPEC}")
+    facts = read_json(folder / SPEC)
+    spec = spec_from_dict(facts.get("network") or facts.get("unet") or {})
+    model = spec.build()
+    try:
+        model.load_state_dict(read_safetensors(folder / WEIGHTS))
+    except RuntimeError as err:
+        raise AdapterError(f"{folder / WEIGHTS} does not fit the network in {SPEC}: {str(err)[:300]}") from err
+    return model.eval(), spec, facts, hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- families

@@ -37,14 +37,24 @@ from scalpel.core.artifacts import load_adapter, read_adapter_meta
 from scalpel.core.config import config_to_dict, raise_if_problems
 from scalpel.core.delta import count_parameters
 from scalpel.core.errors import AdapterError, BaseModelMismatchError, ConfigError, DataError
-from scalpel.core.files import read_json, read_safetensors, write_json, write_safetensors
+
+__all__ = ["ClassificationConfig", "SegmentationConfig", "load_adapted", "load_checkpoint", "predict", "run_medical",
+           "save_checkpoint", "site_records"]
+from scalpel.core.files import write_json
 from scalpel.core.fit import FitConfig, fit
 from scalpel.core.pipeline import Pipeline
 from scalpel.core.recipes import adapt, method_names
 from scalpel.core.sparse import ScoringData
-from scalpel.medical.networks import FAMILIES, NetworkSpec, lora_target_types, spec_from_dict
+from scalpel.medical.networks import (
+    FAMILIES,
+    SPEC,
+    NetworkSpec,
+    load_checkpoint,
+    lora_target_types,
+    save_checkpoint,
+    spec_from_dict,
+)
 
-WEIGHTS, SPEC = "model.safetensors", "model.json"
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".dcm")
 
 #: Network options of the synthetic default (small enough for 2 CPU cores); user data gets MONAI's defaults.
@@ -136,6 +146,8 @@ class SegmentationConfig(MedicalConfig):
 class ClassificationConfig(MedicalConfig):
     task: ClassVar[str] = "classification"
     output_dir: str = field(default="runs/medical-classification", metadata={"help": "run directory"})
+    labels_csv: str = field(default="", metadata={"help": "CSV with columns case,label (image-level classes of 3-D volumes); "
+                                                          "empty: presence of --structure in the label maps"})
     structure: int = field(default=2, metadata={"help": "label value whose presence is the positive class"})
     spatial_dims: int = field(default=3, metadata={"help": "3: classify volumes; 2: classify axial slices"})
     size: int = field(default=32, metadata={"help": "inputs are resized to this many voxels per axis"})
@@ -147,38 +159,9 @@ class ClassificationConfig(MedicalConfig):
         problems = [] if self.spatial_dims in (2, 3) else [f"spatial_dims must be 2 or 3, got {self.spatial_dims}"]
         if self.size < 8 or self.structure < 1:
             problems.append(f"size must be >= 8 and structure >= 1, got size={self.size} structure={self.structure}")
+        if self.labels_csv and (not self.data or self.spatial_dims != 3):
+            problems.append("labels_csv labels whole volumes of --data: give --data and keep --spatial-dims 3")
         raise_if_problems("medical.classification config", problems)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(model: nn.Module, spec: Any, folder: str | os.PathLike, **facts: Any) -> Path:
-    """Write a base: ``model.safetensors`` + ``model.json`` (``{"network": spec, **facts}``)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_safetensors(folder / WEIGHTS, {k: v.detach().contiguous() for k, v in model.state_dict().items()})
-    write_json(folder / SPEC, {"network": spec.to_dict(), **facts})
-    return folder
-
-
-def load_checkpoint(folder: str | os.PathLike) -> tuple[nn.Module, Any, dict[str, Any], str]:
-    """``(model in eval mode, network spec, model.json, SHA-256 of the weights)``.
-
-    Raises:
-        AdapterError: not a checkpoint folder, or weights that do not fit the spec.
-    """
-    folder = Path(folder)
-    if not (folder / WEIGHTS).is_file() or not (folder / SPEC).is_file():
-        raise AdapterError(f"{folder} is not a base checkpoint: it needs {WEIGHTS} and {SPEC}")
-    facts = read_json(folder / SPEC)
-    spec = spec_from_dict(facts.get("network") or facts.get("unet") or {})
-    model = spec.build()
-    try:
-        model.load_state_dict(read_safetensors(folder / WEIGHTS))
-    except RuntimeError as err:
-        raise AdapterError(f"{folder / WEIGHTS} does not fit the network in {SPEC}: {str(err)[:300]}") from err
-    return model.eval(), spec, facts, hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------ data
@@ -209,7 +192,7 @@ def site_records(site: str | os.PathLike) -> tuple[list[dict[str, str]], list[st
 
 def split_records(config: MedicalConfig, records: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     if config.val_data:
-        return records, site_records(config.val_data)[0]
+        return records, _records(replace(config, data=config.val_data), config.val_data)[0]
     if len(records) < 2:
         raise DataError(f"held-out evaluation needs >= 2 labelled cases, {config.data or 'the site'} has {len(records)}; "
                         "add cases or pass --val-data")
@@ -258,7 +241,7 @@ def _segmentation_kit(config: SegmentationConfig, facts: dict[str, Any], train: 
 
 
 def _classification_kit(config: ClassificationConfig, facts: dict[str, Any], train: list, held_out: list) -> Prepared:
-    from scalpel.medical.classification import ClassificationSamples, ClassificationTask, presence_samples
+    from scalpel.medical.classification import ClassificationSamples, ClassificationTask, class_samples, presence_samples
     from scalpel.medical.transforms import PreprocessConfig, cached_dataset, intensity_augmentation, preprocessing
 
     from monai.transforms import Compose
@@ -268,14 +251,21 @@ def _classification_kit(config: ClassificationConfig, facts: dict[str, Any], tra
     pre = PreprocessConfig(window=tuple(facts.get("window") or config.window), spacing=tuple(facts.get("spacing") or config.spacing),
                            patch=(1, 1, 1))
 
+    names = list(facts.get("class_names") or config_class_names(config) or ("absent", "present"))
+
     def samples(records: list) -> list[dict[str, Any]]:
+        if records and "class" in records[0]:  # image-level labels from the CSV
+            unknown = sorted({r["class"] for r in records} - set(names))
+            if unknown:
+                raise DataError(f"classes {unknown} in {config.labels_csv} are not among the base's {names}")
+            volumes = cached_dataset(records, Compose(preprocessing(pre, keys=("image",))), cache=False)
+            return class_samples(((v["case"], v["image"], names.index(r["class"])) for v, r in zip(volumes, records)), size=size)
         volumes = cached_dataset(records, Compose(preprocessing(pre)), cache=False)
         return presence_samples(((v["case"], v["image"], v["label"]) for v in volumes), structure, spatial_dims=dims, size=size)
 
     train_samples, eval_samples = samples(train), samples(held_out)
     augmentation = intensity_augmentation(pre, dims)
     augmentation.set_random_state(seed=config.seed)
-    names = list(facts.get("class_names") or ("absent", "present"))
     facts = {**facts, "class_names": names, "structure": structure, "spatial_dims": dims, "size": size, "window": list(pre.window),
              "spacing": list(pre.spacing)}
     return Prepared(_loader(ClassificationSamples(train_samples, augmentation), config.batch_size, train=True, seed=config.seed),
@@ -316,7 +306,7 @@ def _run(config: MedicalConfig) -> dict[str, Any]:
     site = config.data
     if not site:  # the embedded default: scanner B, adapted from a base trained on scanner A
         site, base_path = _demo_data_and_base(config)
-    records, skipped = site_records(site)
+    records, skipped = _records(config, site)
     train, held_out = split_records(config, records)
     if base_path is not None:
         model, spec, facts, base_sha = load_checkpoint(base_path)
@@ -371,9 +361,27 @@ def _network_spec(config: MedicalConfig, out: int) -> NetworkSpec:
     return NetworkSpec(name, spatial_dims=dims, in_channels=1, out_channels=out, options=options)
 
 
+def _records(config: MedicalConfig, site: str) -> tuple[list[dict[str, str]], list[str]]:
+    if getattr(config, "labels_csv", ""):
+        from scalpel.medical.classification import read_class_labels
+
+        records, _, skipped = read_class_labels(site, config.labels_csv)
+        return records, skipped
+    return site_records(site)
+
+
+def config_class_names(config: MedicalConfig) -> list[str]:
+    """Class names of a CSV-labelled classification run (sorted), else empty."""
+    if not getattr(config, "labels_csv", ""):
+        return []
+    from scalpel.medical.classification import read_class_labels
+
+    return read_class_labels(config.data, config.labels_csv)[1]
+
+
 def _outputs(config: MedicalConfig, records: list[dict[str, str]]) -> int:
     if config.task == "classification":
-        return 2
+        return len(config_class_names(config)) or 2
     if config.structures:
         return len(config.structures) + 1
     from scalpel.medical.synthetic import STRUCTURES

@@ -155,3 +155,31 @@ def test_predict_refuses_an_adapter_of_another_domain(tmp_path):
     with pytest.raises(AdapterError, match="does not exist"):
         load_adapted(tmp_path / "nothing")
 
+
+
+@pytest.mark.integration
+def test_classification_from_a_csv_of_image_level_labels_scores_every_class(tmp_path):
+    from scalpel.medical.classification import write_presence_site
+
+    site = tmp_path / "site"
+    cases = write_presence_site(site, "A", cases=9, shape=(16, 16, 16), seed=4)
+    classes = ["none", "dim", "bright"]
+    rows = ["case,label"] + [f"{case},{classes[k % 3]}" for k, case in enumerate(cases)] + ["ghost,dim"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert _run(["medical.classification", "--data", str(site), "--labels-csv", str(tmp_path / "labels.csv"), "--method", "full",
+                 "--network", "resnet10", "--network-options", "{widen_factor: 0.125}", "--size", "16", "--steps", "3",
+                 "--val-fraction", "0.5", "--output-dir", str(run)]) == 0
+    extra = read_adapter_meta(run / "adapter")["extra"]
+    assert extra["class_names"] == sorted(classes)
+    summary = json.loads((run / "summary.json").read_text())
+    assert {f"auc/{c}" for c in classes} <= set(summary["after"])
+    assert any("ghost" in why for why in summary["skipped"])
+
+
+def test_a_labels_csv_without_the_columns_is_refused(capsys, user_site, tmp_path):
+    root, _ = user_site
+    (tmp_path / "bad.csv").write_text("id,diagnosis\nA000,x\n")
+    assert _run(["medical.classification", "--data", str(root), "--labels-csv", str(tmp_path / "bad.csv"), "--method", "full",
+                 "--output-dir", str(tmp_path / "r")]) == 2
+    assert "columns 'case' and 'label'" in capsys.readouterr().err
