@@ -250,6 +250,7 @@ def _image_slice(pixels, sop_class, modality, uids, position, orientation, spaci
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
     ds.PatientName, ds.PatientID = f"Case^{case}", case  # the case name is the only identity a NIfTI has
+    ds.PatientBirthDate = ds.PatientSex = ds.StudyDate = ds.StudyTime = ds.ReferringPhysicianName = ds.AccessionNumber = ""
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.StudyID = modality, 1, number, "1"
     ds.SeriesDescription = f"from NIfTI ({case})"

@@ -29,6 +29,10 @@ from pydicom.dataset import Dataset
 from scalpel.core.errors import DataError
 from scalpel.core.files import atomic_write
 
+#: Patient/study attributes a SEG copies from its source (Type 2: present, possibly empty). Images
+#: converted from NIfTI or stripped by other tools may lack them; the SEG then gets them empty.
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "AccessionNumber", "StudyID")
 #: The coding scheme of structure codes that SNOMED CT does not provide here (PS3.3 8.2: "99" = private).
 LOCAL_SCHEME = "99SCALPEL"
 SERIES_DESCRIPTION = "Scalpel segmentation"
@@ -93,7 +97,7 @@ def build_seg(
         for category, prop in [structure_codes(name, k)]
     ]
     return hd.seg.Segmentation(
-        source_images=list(source),
+        source_images=[_with_type2(ds) for ds in source],
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -139,6 +143,21 @@ def structure_codes(name: str, number: int):
     if known is not None:
         return codes.SCT.AnatomicalStructure, known
     return codes.SCT.Tissue, CodedConcept(value=f"S{number:03d}", scheme_designator=LOCAL_SCHEME, meaning=name[:64])
+
+
+def _with_type2(ds: Dataset) -> Dataset:
+    """``ds`` itself, or a shallow copy with the missing Type 2 attributes empty (never edits ``ds``)."""
+    missing = [name for name in _TYPE2_COPIED if name not in ds]
+    if not missing:
+        return ds
+    out = Dataset()  # a new element dict sharing the elements (pixel data is not copied)
+    for element in ds:
+        out.add(element)
+    if hasattr(ds, "file_meta"):
+        out.file_meta = ds.file_meta
+    for name in missing:
+        setattr(out, name, "")
+    return out
 
 
 def _codes():

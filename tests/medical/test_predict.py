@@ -156,3 +156,12 @@ def test_prediction_refuses_bad_inputs(world, tmp_path, capsys):
         datasets = [pydicom.dcmread(p) for p in sorted(small.series_dir.glob("*.dcm"))]
         del datasets[0].ImagePositionPatient
         read_series(datasets)
+
+
+def test_seg_of_images_without_patient_attributes_leaves_them_untouched(world):
+    series = read_series(world["new"].series_dir)
+    for ds in series.datasets:
+        del ds.PatientBirthDate, ds.PatientSex
+    seg = build_seg(world["new"].label, series.datasets, STRUCTURES, AlgorithmInfo("x", "1"))
+    assert seg.PatientBirthDate == "" and seg.PatientID == series.datasets[0].PatientID
+    assert "PatientBirthDate" not in series.datasets[0]
