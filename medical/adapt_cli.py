@@ -44,6 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--adapter", type=Path, help="site adapter folder (RUN/adapter); omit for the base alone")
     predict.add_argument("--seg-out", type=Path, required=True, help="DICOM SEG file to write")
     predict.add_argument("--series", help="SeriesInstanceUID, when SERIES_DIR holds several series")
+    predict.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
     predict.set_defaults(handler=_predict)
 
     sites = sub.add_parser("sites", help="list the site adapters trained on a base checkpoint")
@@ -69,7 +70,7 @@ def _predict(args: argparse.Namespace) -> int:
     from scalpel.medical.dicom.seg import write_seg
     from scalpel.medical.predict import SiteAdapters, read_series
 
-    sites = SiteAdapters(args.base)
+    sites = SiteAdapters(args.base, device=args.device)
     sites.use(args.adapter)
     series = read_series(args.series_dir, series_uid=args.series)
     labels = sites.predict(series)

@@ -133,14 +133,15 @@ def predict_labels(model: nn.Module, spec: BaseSpec, hu: torch.Tensor) -> np.nda
                         f"{'x'.join(map(str, spec.patch))} patch; this base cannot segment it (use a larger series or a base "
                         "trained with a smaller patch)")
     task = SegmentationTask(spec.structures, spec.patch, hd95=False)
-    image = normalise_hu(hu.float(), spec.window)
+    device = next(model.parameters()).device
+    image = normalise_hu(hu.float(), spec.window).to(device)
     model.eval()
     if spec.unet.spatial_dims == 2:
         out = task.predict(model, image.permute(2, 0, 1)[:, None])  # (Z, 1, X, Y)
         labels = out[:, 0].permute(1, 2, 0)
     else:
         labels = task.predict(model, image[None, None])[0, 0]
-    return labels.to(torch.uint8).numpy()
+    return labels.to(torch.uint8).cpu().numpy()
 
 
 def adapter_fingerprint(adapter_dir: str | os.PathLike) -> str:
@@ -158,8 +159,9 @@ class SiteAdapters:
     ``full`` adapter never leaks into a LoRA one.
     """
 
-    def __init__(self, base_dir: str | os.PathLike):
+    def __init__(self, base_dir: str | os.PathLike, device: str | torch.device | None = None):
         self.base_dir = Path(base_dir)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.spec, self.base_sha256 = load_base(self.base_dir)
         self._pristine = {name: t.detach().clone() for name, t in self.model.state_dict().items()}
         self._overrides: dict[str, dict[str, torch.Tensor]] = {}
@@ -176,7 +178,7 @@ class SiteAdapters:
         if adapter_dir is None:
             set_active_adapter(self.model, None)
             self.active = None
-            return self.model.eval()
+            return self.model.to(self.device).eval()
         adapter_dir = Path(adapter_dir)
         name = _slot(adapter_dir)
         if name not in self._overrides:
@@ -187,6 +189,7 @@ class SiteAdapters:
                     f"the adapter {adapter_dir} was trained on the base with SHA-256 {recorded[:12]}..., not on "
                     f"{self.base_dir} ({self.base_sha256[:12]}...); load it onto its own base or adapt this base again")
             load_adapter(self.model, adapter_dir, adapter_name=name)
+            self.model.to(self.device)  # the adapter's new modules are made on the CPU
             tensors = read_safetensors(adapter_dir / WEIGHTS_FILE)
             self._overrides[name] = {k: v for k, v in tensors.items() if k.startswith(("scalpel.full.", STATS_PREFIX))}
             self._meta[name] = meta
@@ -198,7 +201,7 @@ class SiteAdapters:
                     params[key.removeprefix("scalpel.full.")].data.copy_(value)
             load_norm_statistics(self.model, self._overrides[name], STATS_PREFIX)
         self.active = adapter_dir
-        return self.model.eval()
+        return self.model.to(self.device).eval()
 
     @property
     def loaded(self) -> int:
