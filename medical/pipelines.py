@@ -138,8 +138,10 @@ class SegmentationConfig(MedicalConfig):
         object.__setattr__(self, "patch", tuple(int(v) for v in self.patch))
         object.__setattr__(self, "structures", tuple(str(v) for v in self.structures))
         super().__post_init__()
-        raise_if_problems("medical.segmentation config",
-                          [] if len(self.patch) in (2, 3) else [f"patch must be 3 sizes (or 2: a 2-D network on axial slices), got {self.patch}"])
+        problems = [] if len(self.patch) in (2, 3) else [f"patch must be 3 sizes (or 2: a 2-D network on axial slices), got {self.patch}"]
+        if self.data and not self.base and not self.structures:
+            problems.append("a network trained from scratch needs --structures (one name per label value 1..N)")
+        raise_if_problems("medical.segmentation config", problems)
 
 
 @dataclass(frozen=True)
@@ -312,10 +314,14 @@ def _run(config: MedicalConfig) -> dict[str, Any]:
         model, spec, facts, base_sha = load_checkpoint(base_path)
         facts.pop("network", None)
         facts.pop("unet", None)
-        base_task = facts.pop("task", f"medical.{config.task}" if "structures" in facts or config.task == "classification" else "")
-        if base_task != f"medical.{config.task}" or (config.task == "segmentation" and getattr(spec, "task", "segmentation") == "classification"):
-            raise ConfigError(f"medical.{config.task}", [f"the base {base_path} is a {base_task or spec.task} model; "
-                                                          f"give a medical.{config.task} base checkpoint"])
+        # a base from scalpel.medical.adapt.save_base records no task: it is a segmentation UNet
+        base_task = facts.pop("task", None) or ("medical.segmentation" if "structures" in facts else f"medical.{config.task}")
+        problems = [] if base_task == f"medical.{config.task}" else [
+            f"the base {base_path} is a {base_task} model; give a medical.{config.task} base checkpoint"]
+        if getattr(config, "structures", ()) and facts.get("structures") and list(config.structures) != list(facts["structures"]):
+            problems.append(f"--structures {list(config.structures)} differ from the base's {facts['structures']}; "
+                            "leave --structures out to use the base's")
+        raise_if_problems(f"medical.{config.task}", problems)
     else:
         spec = _network_spec(config, out=_outputs(config, records))
         model, facts, base_sha = spec.build(), {}, ""
@@ -471,7 +477,8 @@ def _train_base(config: MedicalConfig) -> dict[str, Any]:
 def _append_report(path: Path, summary: dict[str, Any], metric: str) -> None:
     keys = [k for k in summary["after"] if k == metric or k.startswith(f"{metric}/")]
     keys += [k for k in summary["after"] if k not in keys and "/" not in k]
-    lines = ["", f"## {summary['task']}: before vs after ({summary['method']}, {summary['network']['name']})", "",
+    network = summary["network"].get("name") or summary["network"].get("architecture", "?")  # NetworkSpec / UNetSpec
+    lines = ["", f"## {summary['task']}: before vs after ({summary['method']}, {network})", "",
              f"{summary['train_cases']} training case(s), {summary['eval_cases']} held-out case(s); trainable "
              f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,} parameters "
              f"({100 * summary['trainable_parameters'] / max(1, summary['total_parameters']):.2f}%).", "",

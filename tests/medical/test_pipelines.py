@@ -126,16 +126,22 @@ def test_label_off_the_image_grid_is_refused(capsys, user_site, tmp_path):
     shifted = cases[0].affine.copy()
     shifted[2, 3] += 4.0
     write_nifti(site / "labels" / "A000.nii.gz", cases[0].label, shifted)
-    assert _run(["medical.segmentation", "--data", str(site), "--method", "full", "--patch", "16", "16", "16",
+    assert _run(["medical.segmentation", "--data", str(site), "--method", "full", "--patch", "16", "16", "16", "--structures", "a", "b",
                  "--network", "unet", "--network-options", "{channels: [4, 8], strides: [2]}", "--output-dir", str(tmp_path / "r")]) == 2
     assert "not on the image's voxel grid" in capsys.readouterr().err
 
 
 def test_series_smaller_than_the_patch_is_refused(capsys, user_site, tmp_path):
     root, _ = user_site
-    assert _run(["medical.segmentation", "--data", str(root), "--method", "full", "--patch", "32", "32", "32",
+    assert _run(["medical.segmentation", "--data", str(root), "--method", "full", "--patch", "32", "32", "32", "--structures", "a", "b",
                  "--output-dir", str(tmp_path / "r")]) == 2
     assert "smaller than the 32x32x32 patch" in capsys.readouterr().err
+
+
+def test_from_scratch_without_structure_names_is_refused(capsys, user_site, tmp_path):
+    root, _ = user_site
+    assert _run(["medical.segmentation", "--data", str(root), "--method", "full", "--output-dir", str(tmp_path / "r")]) == 2
+    assert "needs --structures" in capsys.readouterr().err
 
 
 def test_a_base_of_the_other_task_is_refused(capsys, user_site, tmp_path):
@@ -183,3 +189,21 @@ def test_a_labels_csv_without_the_columns_is_refused(capsys, user_site, tmp_path
     assert _run(["medical.classification", "--data", str(root), "--labels-csv", str(tmp_path / "bad.csv"), "--method", "full",
                  "--output-dir", str(tmp_path / "r")]) == 2
     assert "columns 'case' and 'label'" in capsys.readouterr().err
+
+
+def test_a_base_written_by_site_adaptation_is_adapted_by_the_pipeline(user_site, tmp_path):
+    from scalpel.medical.adapt import BaseSpec, save_base
+    from scalpel.medical.segmentation import UNetSpec
+    from scalpel.medical.synthetic import STRUCTURES
+
+    root, _ = user_site
+    spec = BaseSpec(UNetSpec(out_channels=3, channels=(4, 8), strides=(2,)), STRUCTURES, patch=(16, 16, 16))
+    torch.manual_seed(0)
+    save_base(spec.unet.build(), spec, tmp_path / "base")
+    run = tmp_path / "run"
+    assert _run(["medical.segmentation", "--data", str(root), "--base", str(tmp_path / "base"), "--method", "lora",
+                 "--steps", "2", "--output-dir", str(run)]) == 0
+    extra = read_adapter_meta(run / "adapter")["extra"]
+    assert extra["structures"] == list(STRUCTURES) and extra["patch"] == [16, 16, 16]
+    model, _ = load_adapted(run / "adapter")
+    assert type(model).__name__ == "UNet"
