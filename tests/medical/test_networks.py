@@ -123,6 +123,18 @@ def test_bad_network_specs_are_refused_with_the_fix():
         NetworkSpec("unet", out_channels=1)
     with pytest.raises(ConfigError, match="unknown key"):
         NetworkSpec.from_dict({"name": "unet", "depth": 3})
+    with pytest.raises(ConfigError, match="segresnet.*bogus"):
+        NetworkSpec("segresnet", options={"bogus": 1}).build()
+
+
+def test_swinunetr_without_einops_names_the_package(monkeypatch):
+    import sys
+
+    from scalpel.core.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "einops", None)  # import einops now raises ImportError
+    with pytest.raises(MissingDependencyError, match="einops"):
+        tiny("swinunetr", 2).build()
 
 
 def test_distillation_from_a_frozen_teacher_into_a_lora_student(tmp_path):
