@@ -29,6 +29,7 @@ class SentimentConfig:
     test_fraction: float = field(default=0.1, metadata={"help": "share held out for test when no test_file"})
     max_train_samples: int = field(default=0, metadata={"help": "subsample the training split to this many rows (stratified); 0: all"})
     max_eval_samples: int = field(default=0, metadata={"help": "subsample validation and test to this many rows each; 0: all"})
+    pooling: str = field(default="auto", metadata={"help": "sentence vector: cls (the model's own head), mean (of the tokens), auto (mean for sentence-transformers models such as MiniLM, else cls)"})
     max_length: int = field(default=128, metadata={"help": "tokens per text; longer texts are truncated (counted, warned once)"})
     method: str = field(default="lora", metadata={"help": f"how the body is adapted: {', '.join(METHODS)}"})
     targets: str = field(default="", metadata={"help": "module-name regex for lora/sparse; empty: the method's default"})
@@ -37,8 +38,9 @@ class SentimentConfig:
     sparse_density: float = field(default=0.01, metadata={"help": "sparse: share of body weights trained"})
     sparse_scorer: str = field(default="fisher", metadata={"help": "sparse: how weights are picked (fisher, magnitude, ...)"})
     layerwise_blocks: tuple[str, ...] = field(default=("last 2",), metadata={"help": "layerwise: blocks trained in full, e.g. 'last 2'"})
-    teacher: str = field(default="", metadata={"help": "distil from this fine-tuned classifier (folder) as well as the labels"})
+    teacher: str = field(default="", metadata={"help": "distil from this teacher as well as the labels: an nlp.sentiment adapter folder, its run folder, or a fine-tuned classifier (folder or hub name)"})
     distill_alpha: float = field(default=0.5, metadata={"help": "weight of the distillation loss, in [0, 1]"})
+    distill_temperature: float = field(default=4.0, metadata={"help": "softmax temperature of the distillation loss (Hinton et al. 2015; T^2-scaled)"})
     epochs: int = field(default=3, metadata={"help": "passes over the training data"})
     max_steps: int = field(default=0, metadata={"help": "optimizer steps; 0: epochs x batches"})
     batch_size: int = field(default=32, metadata={"help": "texts per batch"})
@@ -55,6 +57,8 @@ class SentimentConfig:
             problems.append(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not self.train_file and self.corpus not in CORPORA:
             problems.append(f"corpus must be one of {', '.join(CORPORA)}, got {self.corpus!r}")
+        if self.pooling not in ("auto", "cls", "mean"):
+            problems.append(f"pooling must be auto, cls or mean, got {self.pooling!r}")
         if self.on_bad_rows not in ("skip", "error"):
             problems.append(f"on_bad_rows must be skip or error, got {self.on_bad_rows!r}")
         for name in ("validation_fraction", "test_fraction"):
@@ -74,6 +78,8 @@ class SentimentConfig:
             problems.append(f"sparse_density must be in (0, 1], got {self.sparse_density}")
         if not 0 <= self.distill_alpha <= 1:
             problems.append(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if not self.distill_temperature > 0:
+            problems.append(f"distill_temperature must be > 0, got {self.distill_temperature}")
         if self.lr < 0:
             problems.append(f"lr must be >= 0, got {self.lr}")
         if len(set(self.labels)) != len(self.labels):

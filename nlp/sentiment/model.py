@@ -3,6 +3,7 @@ encoder with a ``*ForSequenceClassification`` class: BERT, DistilBERT, RoBERTa, 
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -49,24 +50,86 @@ def check_tokenizer(tokenizer: Any, where: str, fix: str) -> None:
         raise DataError(f"{where} has no usable tokenizer (only {len(tokenizer)} tokens: no vocabulary files found); {fix}")
 
 
-def load_classifier(name_or_path: str, label_names: tuple[str, ...], seed: int = 0) -> nn.Module:
-    """``AutoModelForSequenceClassification`` with ``len(label_names)`` outputs; the head is
-    freshly initialised (seeded) when the checkpoint has none."""
+def resolve_pooling(pooling: str, name_or_path: str) -> str:
+    """``auto`` -> ``mean`` for a sentence-transformers folder whose ``1_Pooling/config.json``
+    pools by the mean of the tokens (all-MiniLM-L6-v2 and most embedding models: their
+    encoder was trained so that this mean is the sentence vector, while their [CLS] pooler
+    was not trained for it), else ``cls`` (the model's own ``*ForSequenceClassification`` head)."""
+    if pooling != "auto":
+        return pooling
+    found = os.path.join(name_or_path, "1_Pooling", "config.json")
+    if os.path.isfile(found):
+        try:
+            with open(found, encoding="utf-8") as f:
+                if json.load(f).get("pooling_mode_mean_tokens"):
+                    return "mean"
+        except (OSError, ValueError):
+            pass
+    return "cls"
+
+
+class MeanPoolClassifier(nn.Module):
+    """Encoder, mean of the last hidden states over real tokens, dropout, linear head.
+
+    ``logits = W · (sum_t m_t h_t / sum_t m_t) + b`` with ``h``: (B, T, H) and the attention
+    mask ``m``: (B, T); the sentence-transformers recipe for a pooled sentence vector.
+    Returns a ``SequenceClassifierOutput`` so tasks read ``.logits`` as from any HF classifier.
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # the [CLS] pooler is unused here; drop it so no method trains it
+        self.encoder = encoder
+        self.config = encoder.config
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs: Any):
+        import torch
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(**inputs).last_hidden_state  # (B, T, H)
+        mask = torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None else attention_mask
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        logits = self.classifier(self.dropout(pooled))
+        # like the HF heads, a loss when labels are given (sparse Fisher scoring reads output.loss)
+        loss = None if labels is None else torch.nn.functional.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def load_classifier(name_or_path: str, label_names: tuple[str, ...], seed: int = 0, pooling: str = "cls") -> nn.Module:
+    """A classifier with ``len(label_names)`` outputs over the encoder at ``name_or_path``.
+
+    ``pooling="cls"``: ``AutoModelForSequenceClassification`` (the family's own head, freshly
+    initialised and seeded when the checkpoint has none); ``"mean"``: :class:`MeanPoolClassifier`
+    over ``AutoModel``; ``"auto"``: see :func:`resolve_pooling`.
+    """
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    pooling = resolve_pooling(pooling, name_or_path)
+    if pooling not in ("cls", "mean"):
+        raise ScalpelError(f"pooling must be auto, cls or mean, got {pooling!r}")
     torch.manual_seed(seed)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights newly initialized" is expected for the head
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={n: i for i, n in enumerate(label_names)},
-            ignore_mismatched_sizes=True,
-        )
+        if pooling == "mean":
+            model = MeanPoolClassifier(AutoModel.from_pretrained(name_or_path), len(label_names))
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path,
+                num_labels=len(label_names),
+                id2label=dict(enumerate(label_names)),
+                label2id={n: i for i, n in enumerate(label_names)},
+                ignore_mismatched_sizes=True,
+            )
     except (OSError, ValueError) as err:
         raise ScalpelError(
             f"cannot load a sequence classifier from {name_or_path!r} ({str(err).splitlines()[0][:200]}); "

@@ -25,7 +25,7 @@ from scalpel.core.recipes import adapt
 from scalpel.nlp.sentiment.config import SentimentConfig
 from scalpel.nlp.sentiment.data import EncodedDataset, TruncationCounter, encode_texts, load_splits, make_collate
 from scalpel.nlp.sentiment.metrics import classification_metrics, plot_confusion_matrix, report_section
-from scalpel.nlp.sentiment.model import default_model_path, head_modules, load_classifier, load_tokenizer
+from scalpel.nlp.sentiment.model import default_model_path, head_modules, load_classifier, load_tokenizer, resolve_pooling
 from scalpel.nlp.sentiment.task import ClassificationTask, predict_batches
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ def run(config: SentimentConfig) -> dict[str, Any]:
     eval_loader = lambda split: torch.utils.data.DataLoader(datasets[split], batch_size=max(cfg.batch_size, 64),  # noqa: E731
                                                             collate_fn=collate)
 
-    model = load_classifier(model_path, names, seed=cfg.seed)
+    pooling = resolve_pooling(cfg.pooling, model_path)
+    model = load_classifier(model_path, names, seed=cfg.seed, pooling=pooling)
     model = adapt_model(model, cfg, train_loader)
     trainable, total = count_parameters(model)
     task = ClassificationTask(names)
@@ -63,12 +64,13 @@ def run(config: SentimentConfig) -> dict[str, Any]:
         task, param_groups = _distillation(task, cfg, model, names)
         hooks = (task,)
 
-    base_model = {"name_or_path": model_path, "class": f"transformers.{type(model).__name__}", "num_labels": len(names)}
+    kind = "scalpel.nlp.sentiment.model.MeanPoolClassifier" if pooling == "mean" else f"transformers.{type(model).__name__}"
+    base_model = {"name_or_path": model_path, "class": kind, "num_labels": len(names), "pooling": pooling}
     if not cfg.model:
         base_model["embedded"] = EMBEDDED_MODEL
     extra = {"task": "nlp.sentiment", "label_names": list(names), "text_column": cfg.text_column,
              "label_column": cfg.label_column, "max_length": cfg.max_length,
-             "tokenizer": cfg.tokenizer or None}
+             "tokenizer": cfg.tokenizer or None, "pooling": pooling}
     data_fp = fingerprint_files(splits.files) if splits.files else f"embedded:{cfg.corpus}"
     fit_config = FitConfig(
         output_dir=cfg.output_dir, epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate(),
@@ -114,21 +116,29 @@ def adapt_model(model: torch.nn.Module, cfg: SentimentConfig, train_loader: Any)
 
 def _distillation(task: ClassificationTask, cfg: SentimentConfig, student: torch.nn.Module, names: tuple[str, ...]):
     from scalpel.core.distill import DistillationTask
+    from scalpel.core.errors import ConfigError
     from scalpel.nlp.sentiment.predict import load_for_prediction
 
-    if (Path(cfg.teacher) / "scalpel.json").is_file():
-        teacher, _, meta = load_for_prediction(Path(cfg.teacher))
+    where = Path(cfg.teacher)
+    if (where / "adapter" / "scalpel.json").is_file():
+        where = where / "adapter"  # a run folder
+    if (where / "scalpel.json").is_file():
+        teacher, _, meta = load_for_prediction(where)
         teacher_names = tuple(meta["extra"]["label_names"])
     else:
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoConfig
 
-        teacher = AutoModelForSequenceClassification.from_pretrained(cfg.teacher)
-        teacher_names = tuple(teacher.config.id2label[i] for i in range(teacher.config.num_labels))
+        try:
+            config = AutoConfig.from_pretrained(cfg.teacher)
+        except (OSError, ValueError) as err:
+            raise ConfigError("nlp.sentiment teacher", [
+                f"{cfg.teacher!r} is neither an nlp.sentiment adapter/run folder nor a classifier folder or hub name "
+                f"({str(err).splitlines()[0][:160]}); pass the adapter folder of a trained teacher run"]) from err
+        teacher_names = tuple(str(config.id2label[i]) for i in range(config.num_labels))
+        teacher = load_classifier(cfg.teacher, teacher_names, pooling="cls")
     if teacher_names != names:
-        from scalpel.core.errors import ConfigError
-
         raise ConfigError("nlp.sentiment teacher", [f"the teacher's labels {list(teacher_names)} differ from the data's {list(names)}"])
-    task = DistillationTask(task, teacher, "kd", alpha=cfg.distill_alpha, shift_labels=False)
+    task = DistillationTask(task, teacher, "kd", alpha=cfg.distill_alpha, temperature=cfg.distill_temperature, shift_labels=False)
     return task, task.param_groups(student)
 
 
@@ -144,6 +154,8 @@ def _append_report(run_dir: Path, cfg, splits, counter, test, names, trainable, 
               "", "## Method", "",
               f"- {cfg.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)",
               f"- wall time (training + evaluation): {seconds:.1f} s", ""]
+    if cfg.teacher:
+        lines[-1:] = [f"- distilled from {cfg.teacher} (alpha {cfg.distill_alpha}, temperature {cfg.distill_temperature})", ""]
     lines += report_section(test, names, "confusion_matrix.png")
     with atomic_write(report, "w") as f:
         f.write("\n".join(lines) + "\n")

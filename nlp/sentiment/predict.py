@@ -36,7 +36,8 @@ def load_for_prediction(adapter_dir: Path) -> tuple[nn.Module, Any, dict[str, An
         raise AdapterError(f"{adapter_dir}/scalpel.json does not say which base model it was trained on")
     names = tuple(extra["label_names"])
     tokenizer = load_tokenizer(extra.get("tokenizer") or path)
-    model = load_adapter(load_classifier(path, names), adapter_dir)
+    pooling = extra.get("pooling") or base.get("pooling") or "cls"
+    model = load_adapter(load_classifier(path, names, pooling=pooling), adapter_dir)
     return model.eval(), tokenizer, meta
 
 

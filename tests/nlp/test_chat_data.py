@@ -127,3 +127,29 @@ def test_padded_batches_mask_padding(tokenizer):
     row = int(batch["attention_mask"].sum(1).argmin())
     assert (batch["labels"][row, short:] == IGNORE).all()
     assert DEFAULT_TEMPLATE != DEFAULT_TEMPLATE_NO_MARKERS
+
+
+def test_streaming_stops_at_end_of_turn(tiny_llama_dir, tokenizer):
+    """A scripted decoder emits a reply, the end-of-turn token, then more words: the stream
+    arrives in several pieces and ends at the end-of-turn token, long before max_new_tokens."""
+    from scalpel.nlp.chat.generate import stream_reply
+
+    words = tokenizer("hello how are you", add_special_tokens=False)["input_ids"]
+    after = tokenizer(" my name is bot", add_special_tokens=False)["input_ids"]
+    script = words + [end_of_turn_ids(tokenizer)[0]] + after
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    calls = []
+
+    def scripted(module, args, kwargs, output):
+        step = len(calls)
+        calls.append(step)
+        logits = torch.full_like(output.logits, -1e4)
+        logits[:, -1, script[min(step, len(script) - 1)]] = 1e4
+        output.logits = logits
+        return output
+
+    model.register_forward_hook(scripted, with_kwargs=True)
+    pieces = list(stream_reply(model, tokenizer, CONVERSATION[1:2], max_new_tokens=40, temperature=0.0))
+    assert "".join(pieces).strip() == "hello how are you"
+    assert len([p for p in pieces if p]) >= 2  # streamed, not returned at the end in one piece
+    assert len(calls) == len(words) + 1  # stopped right after the end-of-turn token

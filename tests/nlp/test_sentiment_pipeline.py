@@ -99,3 +99,62 @@ def test_embedded_minilm_on_vader_movies(tmp_path):
                                  max_eval_samples=200, max_length=48, epochs=2, batch_size=16, lr=1e-3, device="cpu"))
     assert (tmp_path / "run" / "adapter" / "scalpel.json").is_file()
     assert result["metrics"]["accuracy"] > 0.6  # chance is 0.5 (balanced classes)
+
+
+def test_distillation_from_a_teacher_run(trained, tmp_path, tiny_bert_dir):
+    """Pure distillation (alpha=1: the labels get no weight) from a trained teacher run: the
+    student can learn the toy task only through the teacher's soft targets (a random or
+    unloaded teacher leaves it at chance, 0.5)."""
+    tmp, _ = trained
+    data = str(tmp / "reviews.csv")
+    common = dict(model=str(tiny_bert_dir), train_file=data, text_column="review", label_column="stars", method="full",
+                  batch_size=16, max_length=16, device="cpu")
+    # A tiny random BERT's logits start near zero; a higher rate and more epochs make the teacher confident.
+    teacher = run(SentimentConfig(output_dir=str(tmp_path / "teacher"), epochs=10, lr=1e-2, **common))
+    assert teacher["metrics"]["accuracy"] >= 0.8
+    result = run(SentimentConfig(output_dir=str(tmp_path / "student"), epochs=6, lr=5e-3, seed=1, teacher=str(tmp_path / "teacher"),
+                                 distill_alpha=1.0, distill_temperature=1.0, **common))
+    assert result["metrics"]["accuracy"] >= 0.8
+    assert "distilled from" in (tmp_path / "student" / "report.md").read_text()
+
+
+def test_distillation_teacher_as_classifier_folder_and_label_mismatch(trained, tmp_path, tiny_bert_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from scalpel.core.errors import ConfigError
+
+    tmp, _ = trained
+    teacher_dir = tmp_path / "teacher"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2,
+                                                               id2label={0: "bad", 1: "good"}, label2id={"bad": 0, "good": 1})
+    model.save_pretrained(teacher_dir)
+    cfg = dict(output_dir=str(tmp_path / "s"), model=str(tiny_bert_dir), train_file=str(tmp / "reviews.csv"),
+               text_column="review", label_column="stars", method="lora", max_steps=1, max_length=16, device="cpu")
+    with pytest.raises(ConfigError, match=r"teacher's labels \['bad', 'good'\] differ"):
+        run(SentimentConfig(**cfg, teacher=str(teacher_dir)))
+    with pytest.raises(ConfigError, match="neither an nlp.sentiment adapter"):
+        run(SentimentConfig(**cfg, teacher=str(tmp_path / "nowhere")))
+
+
+def test_mean_pooling_round_trip(trained, tmp_path, tiny_bert_dir):
+    """pooling=mean (the sentence-transformers recipe) trains, saves and predicts like the HF head."""
+    tmp, _ = trained
+    result = run(SentimentConfig(output_dir=str(tmp_path / "mean"), model=str(tiny_bert_dir), train_file=str(tmp / "reviews.csv"),
+                                 text_column="review", label_column="stars", method="lora", pooling="mean", epochs=6,
+                                 batch_size=16, lr=1e-2, max_length=16, device="cpu"))
+    meta = json.loads((tmp_path / "mean" / "adapter" / "scalpel.json").read_text())
+    assert meta["extra"]["pooling"] == "mean" and meta["base_model"]["class"].endswith("MeanPoolClassifier")
+    rows = predict(tmp_path / "mean" / "adapter", [], {"file": str(tmp / "reviews.csv"), "text_column": "review",
+                                                       "label_column": "stars"})
+    assert sum(r["correct"] for r in rows) / len(rows) >= 0.8
+    assert result["trainable_parameters"] < result["total_parameters"] / 2
+
+
+def test_auto_pooling_follows_the_sentence_transformers_config(tmp_path):
+    from scalpel.nlp.sentiment.model import resolve_pooling
+
+    assert resolve_pooling("auto", str(tmp_path)) == "cls"
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    assert resolve_pooling("auto", str(tmp_path)) == "mean"
+    assert resolve_pooling("cls", str(tmp_path)) == "cls"
