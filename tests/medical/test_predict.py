@@ -165,3 +165,16 @@ def test_seg_of_images_without_patient_attributes_leaves_them_untouched(world):
     seg = build_seg(world["new"].label, series.datasets, STRUCTURES, AlgorithmInfo("x", "1"))
     assert seg.PatientBirthDate == "" and seg.PatientID == series.datasets[0].PatientID
     assert "PatientBirthDate" not in series.datasets[0]
+
+
+def test_a_2d_base_predicts_slice_by_slice_on_the_series_grid():
+    spec = BaseSpec(UNetSpec(spatial_dims=2, out_channels=3, channels=(4, 8), strides=(2,)), STRUCTURES, patch=(16, 16))
+    torch.manual_seed(0)
+    model = spec.unet.build().eval()
+    hu = torch.randn(20, 18, 5) * 300
+    labels = predict_labels(model, spec, hu)
+    assert labels.shape == (20, 18, 5) and labels.dtype == np.uint8
+    one_slice = predict_labels(model, spec, hu[:, :, 2:3].contiguous())
+    np.testing.assert_array_equal(labels[:, :, 2], one_slice[:, :, 0])  # slices are independent
+    with pytest.raises(DataError, match="smaller"):
+        predict_labels(model, spec, hu[:12])
