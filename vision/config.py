@@ -38,7 +38,7 @@ class VisionConfig:
     r: int = field(default=8, metadata={"help": "LoRA rank"})
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
     density: float = field(default=0.02, metadata={"help": "sparse: share of weights trained"})
-    blocks: tuple[str, ...] = field(default=("last 2",), metadata={"help": "layer-wise: blocks to train ('last 2', names, indices)"})
+    blocks: tuple[str, ...] = field(default=(), metadata={"help": "layer-wise: blocks to train ('last 2', 'first 4', 'stem', names, indices); empty: the model's default (see docs/vision.md)"})
     teacher: str = field(default="", metadata={"help": "distillation: teacher weights (.pth/.safetensors, e.g. a merged larger model); empty: none"})
     teacher_model: str = field(default="", metadata={"help": "distillation: teacher architecture (default: --model)"})
     distill_alpha: float = field(default=0.5, metadata={"help": "distillation: weight of the KD loss (1 - alpha on the task loss)"})
@@ -48,7 +48,8 @@ class VisionConfig:
     batch_size: int = field(default=8, metadata={"help": "images per batch"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate"})
     base_steps: int = field(default=240, metadata={"help": "demo: optimizer steps of the source-domain base"})
-    base_dir: str = field(default="", metadata={"help": "demo: where the source-trained base is cached (default OUTPUT_DIR/base)"})
+    base_lr: float = field(default=5e-3, metadata={"help": "demo: peak learning rate of the source-domain base"})
+    base_dir: str = field(default="", metadata={"help": "demo: folder of the synthetic data/ and the cached source-trained base/, shared by runs (default OUTPUT_DIR)"})
     train_images: int = field(default=160, metadata={"help": "demo: synthetic images per domain"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -68,6 +69,15 @@ class VisionConfig:
             problems.append(f"image_size {self.image_size} is too small; use 64 or more")
         if not 0 < self.density <= 1:
             problems.append(f"density must be in (0, 1], got {self.density}")
+        weights = getattr(self, "class_weights", ())
+        try:  # from the command line the weights arrive as strings
+            object.__setattr__(self, "class_weights", tuple(float(w) for w in weights)) if weights else None
+            if any(not w >= 0 for w in getattr(self, "class_weights", ())):
+                problems.append(f"class_weights must be non-negative numbers, got {list(weights)}")
+        except (TypeError, ValueError):
+            problems.append(f"class_weights must be numbers, one per class, got {list(weights)}")
+        if weights and self.class_names and len(weights) != len(self.class_names):
+            problems.append(f"class_weights has {len(weights)} values but class_names has {len(self.class_names)}")
         if self.task == "segmentation" and self.data and not self.data.endswith(".json") and not self.masks:
             problems.append("segmentation from folders needs --masks (the mask folder) as well as --data (the image folder)")
         raise_if_problems(f"vision.{self.task} config", problems)
@@ -87,6 +97,7 @@ class SegmentationConfig(VisionConfig):
     output_dir: str = field(default="runs/vision-segmentation", metadata={"help": "run directory"})
     model: str = field(default="lraspp_mobilenet_v3_large", metadata={"help": "torchvision segmentation model"})
     ignore_index: int = field(default=255, metadata={"help": "mask value that counts in no loss or metric"})
+    class_weights: tuple[float, ...] = field(default=(), metadata={"help": "cross-entropy weight per class, in class order (e.g. 0.3 1 1 1 to weigh the background down); empty: equal"})
 
 
 @dataclass(frozen=True)

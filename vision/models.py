@@ -41,16 +41,19 @@ class ModelSpec:
         head: modules resized to the user's classes and trained in full (absent ones,
             e.g. ``aux_classifier`` without ``aux_loss``, are ignored).
         builder_options: fixed keyword arguments for the builder.
+        blocks: the layer-wise default (``--blocks`` left empty), in the block-map
+            selection syntax of :meth:`scalpel.core.layerwise.BlockMap.select`.
     """
 
     name: str
     task: str
     head: tuple[str, ...]
     builder_options: tuple[tuple[str, Any], ...] = ()
+    blocks: tuple[str, ...] = ("last 2",)
 
 
-def _spec(name: str, task: str, *head: str, **options: Any) -> ModelSpec:
-    return ModelSpec(name, task, head, tuple(options.items()))
+def _spec(name: str, task: str, *head: str, blocks: tuple[str, ...] = ("last 2",), **options: Any) -> ModelSpec:
+    return ModelSpec(name, task, head, tuple(options.items()), blocks)
 
 
 _RCNN = ("roi_heads.box_predictor",)
@@ -62,7 +65,10 @@ SPECS: dict[str, ModelSpec] = {
         _spec("fasterrcnn_mobilenet_v3_large_320_fpn", "detection", *_RCNN),
         _spec("retinanet_resnet50_fpn_v2", "detection", "head.classification_head.cls_logits"),
         _spec("fcos_resnet50_fpn", "detection", "head.classification_head.cls_logits"),
-        _spec("ssdlite320_mobilenet_v3_large", "detection", "head.classification_head"),
+        # "last 2" of SSDlite's map would be the two smallest extra layers (2x2 and 1x1 maps at
+        # 128 px): train the last MobileNet stage and all extra layers instead, as torchvision's
+        # trainable_backbone_layers=1 does.
+        _spec("ssdlite320_mobilenet_v3_large", "detection", "head.classification_head", blocks=("blocks 13-20",)),
         _spec("deeplabv3_resnet50", "segmentation", "classifier.4", "aux_classifier.4"),
         _spec("deeplabv3_mobilenet_v3_large", "segmentation", "classifier.4", "aux_classifier.4"),
         _spec("fcn_resnet50", "segmentation", "classifier.4", "aux_classifier.4"),

@@ -106,11 +106,12 @@ def loader(config: VisionConfig, dataset, *, train: bool) -> DataLoader:
 
 def synthetic_domains(config: VisionConfig, root: Path) -> dict[str, Path]:
     """Write (once) the synthetic source and target sets; return their paths."""
-    count = 24 if config.quick else config.train_images
+    count = min(24, config.train_images) if config.quick else config.train_images
     size = config.image_size
     paths = {}
     for style, seed in ((SOURCE, config.seed), (TARGET, config.seed + 1)):
-        folder = root / f"{config.task}-{style.name}-{count}x{size}-seed{seed}"
+        look = hashlib.sha256(repr(style).encode()).hexdigest()[:8]  # a changed style is written afresh
+        folder = root / f"{config.task}-{style.name}-{count}x{size}-seed{seed}-{look}"
         if not (folder / "done").is_file():
             if config.task == "classification":
                 write_classification_set(folder, count, style, seed=seed, size=size)
@@ -140,7 +141,8 @@ def make_task(config: VisionConfig, class_names: list[str], *, freeze_bn: bool =
     if config.task == "detection":
         return DetectionTask(class_names, freeze_bn=freeze_bn)
     if config.task == "segmentation":
-        return SegmentationTask(class_names, ignore_index=getattr(config, "ignore_index", 255), freeze_bn=freeze_bn)
+        return SegmentationTask(class_names, ignore_index=getattr(config, "ignore_index", 255), freeze_bn=freeze_bn,
+                                class_weights=getattr(config, "class_weights", ()) or None)
     return ClassificationTask(class_names, freeze_bn=freeze_bn)
 
 
@@ -151,17 +153,30 @@ def num_outputs(task: str, class_names: list[str]) -> int:
 def train_base(config: VisionConfig, split: Split, cache: Path) -> Path:
     """Train the model from scratch on the source domain (all weights, batch norm
     learning) with a plain AdamW loop and cache it as safetensors; reuse the cache when
-    the same settings were trained before."""
-    steps = 30 if config.quick else config.base_steps
-    key = json.dumps([config.task, config.model, config.image_size, steps, config.seed, len(split.train), split.class_names])
+    the same settings were trained before.
+
+    torchvision's MobileNetV3 family (SSDlite, LR-ASPP, DeepLabV3-MobileNet) builds its
+    batch norms with momentum 0.01-0.03, tuned for long ImageNet runs: after a few hundred
+    steps from scratch their running statistics still hold the random-init activations,
+    and the model, correct in train mode, predicts only background in eval mode. The base
+    is therefore trained with momentum 0.1 (restored afterwards; it is not a saved value).
+    """
+    steps = min(30, config.base_steps) if config.quick else config.base_steps
+    weights = list(getattr(config, "class_weights", ()) or ())
+    key = json.dumps([config.task, config.model, config.image_size, steps, config.base_lr, config.seed, len(split.train),
+                      split.class_names, weights])
     path = cache / f"{config.model}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
     if path.is_file():
         return path
     torch.manual_seed(config.seed)
     model = build_model(config.model, num_outputs(config.task, split.class_names), image_size=config.image_size, task=config.task)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.1
     task = make_task(config, split.class_names, freeze_bn=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.base_lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.base_lr, total_steps=steps, pct_start=0.15)
     data, step = loader(config, split.train, train=True), 0
     while step < steps:
         for batch in data:
@@ -174,6 +189,8 @@ def train_base(config: VisionConfig, split: Split, cache: Path) -> Path:
             step += 1
             if step == steps:
                 break
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
     write_safetensors(path, model.state_dict(), metadata={"model": config.model, "steps": str(steps)})
     return path
 
@@ -182,6 +199,31 @@ def evaluate(config: VisionConfig, model: nn.Module, task, dataset) -> dict[str,
     model.eval()
     with torch.no_grad():
         return task.evaluate(model, loader(config, dataset, train=False))
+
+
+def evaluate_base(config: VisionConfig, model: nn.Module, task, dataset, class_names: list[str],
+                  weights: str, tag: str = "before", draw: bool = True) -> tuple[dict[str, float], str | None]:
+    """The base model's validation metrics and a PNG of its predictions (``before``).
+
+    For a base weights file the result is cached beside it (keyed by the evaluation
+    settings), so runs of several methods on one base evaluate it once.
+    """
+    from scalpel.vision.report import example_grid, save_png
+
+    cache = None
+    if weights and Path(weights).is_file():
+        key = json.dumps([Path(weights).name, Path(weights).stat().st_size, config.task, config.image_size, len(dataset),
+                          config.seed, config.data, config.val_data, class_names])
+        cache = Path(weights).parent / f"{tag}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        if cache.with_suffix(".json").is_file() and (not draw or cache.with_suffix(".png").is_file()):
+            return json.loads(cache.with_suffix(".json").read_text()), str(cache.with_suffix(".png")) if draw else None
+    before = evaluate(config, model, task, dataset)
+    if cache is None:
+        return before, None
+    if draw:
+        save_png(cache.with_suffix(".png"), example_grid(model, task, dataset, class_names))
+    write_json(cache.with_suffix(".json"), before)
+    return before, str(cache.with_suffix(".png")) if draw else None
 
 
 # -------------------------------------------------------------------------------- run
@@ -199,17 +241,21 @@ def run_pipeline(config: VisionConfig) -> dict[str, Any]:
         split = load_split(config, config.data, config.images, config.masks, val)
         source = None
     else:  # the embedded default: adapt a source-trained base to the shifted target domain
-        domains = synthetic_domains(config, run_dir / "data" if not config.base_dir else Path(config.base_dir) / "data")
+        shared = Path(config.base_dir) if config.base_dir else run_dir
+        domains = synthetic_domains(config, shared / "data")
         split = synthetic_split(config, domains["target"])
         source = synthetic_split(config, domains["source"])
         if not weights:
-            weights = str(train_base(config, source, Path(config.base_dir or run_dir / "base")))
+            weights = str(train_base(config, source, shared / "base"))
     class_names = split.class_names
     spec = spec_for(config.model, config.task)
     model = build_model(config.model, num_outputs(config.task, class_names), weights=weights or None,
                         image_size=config.image_size, task=config.task)
     task = make_task(config, class_names)
-    before = evaluate(config, model, task, split.val)
+    before, base_examples = evaluate_base(config, model, task, split.val, class_names, weights)
+    base_on_source = None
+    if source is not None:  # the demo: how well the base learned its own (source) domain
+        base_on_source, _ = evaluate_base(config, model, task, source.val, class_names, weights, tag="source", draw=False)
     if config.teacher:  # distillation composes with any method: only the loss changes
         from scalpel.vision.distill import VisionDistillTask
 
@@ -223,7 +269,7 @@ def run_pipeline(config: VisionConfig) -> dict[str, Any]:
     elif config.method == "sparse":
         options = {"density": config.density, "scorer": "magnitude" if config.quick else "fisher", "num_batches": 2}
     elif config.method == "layerwise":
-        options = {"blocks": tuple(config.blocks)}
+        options = {"blocks": tuple(config.blocks) or spec.blocks}
     targets = names_regex(adaptable_layers(model, spec)) if config.method in ("lora", "dora", "rslora", "sparse") else None
     train_batches = loader(config, split.train, train=True)
     scoring = None
@@ -233,8 +279,9 @@ def run_pipeline(config: VisionConfig) -> dict[str, Any]:
     trainable, total = count_parameters(model)
 
     key, _ = headline({}, config.task)
+    max_steps = (min(4, config.max_steps) if config.max_steps else 4) if config.quick else config.max_steps
     fit_config = FitConfig(
-        output_dir=str(run_dir), epochs=1 if config.quick else config.epochs, max_steps=4 if config.quick else config.max_steps,
+        output_dir=str(run_dir), epochs=1 if config.quick else config.epochs, max_steps=max_steps,
         lr=config.lr, weight_decay=1e-4, warmup_ratio=0.05, metric=key, greater_is_better=True, device=config.device,
         seed=config.seed, save_every=0, overwrite=True, progress=False, log_every=5,
     )
@@ -258,10 +305,11 @@ def run_pipeline(config: VisionConfig) -> dict[str, Any]:
         write_json(run_dir / "merged" / "model.json", {k: extra[k] for k in ("task", "model", "num_classes", "class_names", "image_size")})
     summary = {
         "task": config.task, "method": config.method, "model": config.model,
-        "before": before, "after": after, "trainable_parameters": trainable, "total_parameters": total,
+        "before": before, "after": after, "base_on_source": base_on_source, "trainable_parameters": trainable, "total_parameters": total,
         "train_seconds": seconds, "steps": result.steps, "teacher": config.teacher or None, "data": [r.as_dict() for r in split.reports],
     }
     write_json(run_dir / "summary.json", summary)
     write_report(run_dir, config, summary, model, task, split.val, class_names)
-    return {"run_dir": str(run_dir), "metrics": after, "before": before, "adapter_dir": str(result.adapter_dir),
+    return {"run_dir": str(run_dir), "metrics": after, "before": before, "base_examples": base_examples,
+            "adapter_dir": str(result.adapter_dir),
             "merged": str(merged_path) if merged_path else None, "summary": summary}

@@ -54,7 +54,7 @@ SOURCE = DomainStyle("source", palette=((210, 40, 40), (40, 150, 50), (40, 60, 2
 TARGET = DomainStyle(
     "target",
     palette=((230, 210, 40), (200, 50, 200), (40, 200, 210), (240, 140, 30)),
-    size=(0.14, 0.45),
+    size=(0.18, 0.45),
     photo_background=True,
     textured_shapes=True,
 )

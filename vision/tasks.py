@@ -10,11 +10,13 @@ train a base from scratch with ``freeze_batchnorm=False``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from scalpel.core.errors import ConfigError
 
 from scalpel.vision.data.transforms import IGNORE_INDEX
 from scalpel.vision.metrics import ClassificationMeter, DetectionMeter, SegmentationMeter
@@ -70,14 +72,21 @@ class DetectionTask:
 class SegmentationTask:
     """Pixel-wise cross-entropy on ``out`` plus ``aux_weight`` x the auxiliary head's
     (DeepLabV3/FCN, Chen et al. 2017, arXiv:1706.05587; aux weight 0.5 as in torchvision's
-    reference), ignoring ``ignore_index`` pixels. Evaluation: mIoU, per-class IoU, pixel
-    accuracy. Batches are ``(images [B, 3, H, W], masks [B, H, W] int64)``.
+    reference), ignoring ``ignore_index`` pixels. ``class_weights`` (one per class) weigh
+    the cross-entropy, e.g. a lower background weight where objects cover a small share of
+    the pixels. Evaluation: mIoU, per-class IoU, pixel accuracy. Batches are
+    ``(images [B, 3, H, W], masks [B, H, W] int64)``.
     """
 
     name = "segmentation"
 
-    def __init__(self, class_names: list[str], *, ignore_index: int = IGNORE_INDEX, aux_weight: float = 0.5, freeze_bn: bool = True):
+    def __init__(self, class_names: list[str], *, ignore_index: int = IGNORE_INDEX, aux_weight: float = 0.5, freeze_bn: bool = True,
+                 class_weights: Sequence[float] | None = None):
         self.class_names = list(class_names)
+        if class_weights is not None and len(class_weights) != len(self.class_names):
+            raise ConfigError("segmentation", [f"class_weights has {len(class_weights)} values for {len(self.class_names)} classes "
+                                               f"({', '.join(self.class_names)}); give one weight per class"])
+        self.class_weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
         self.freeze_bn = freeze_bn
@@ -86,10 +95,11 @@ class SegmentationTask:
         images, masks = batch
         _train_mode(model, self.freeze_bn)
         out = model(images)
-        loss = F.cross_entropy(out["out"], masks, ignore_index=self.ignore_index)
+        weight = None if self.class_weights is None else self.class_weights.to(out["out"].device)
+        loss = F.cross_entropy(out["out"], masks, weight=weight, ignore_index=self.ignore_index)
         result = {"main_loss": loss.detach()}
         if "aux" in out and self.aux_weight:
-            aux = F.cross_entropy(out["aux"], masks, ignore_index=self.ignore_index)
+            aux = F.cross_entropy(out["aux"], masks, weight=weight, ignore_index=self.ignore_index)
             loss = loss + self.aux_weight * aux
             result["aux_loss"] = aux.detach()
         return {"loss": loss, "logits": out["out"], **result}  # logits keep their graph for distillation

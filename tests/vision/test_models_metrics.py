@@ -103,3 +103,92 @@ def test_segmentation_task_adds_aux_loss_and_ignores_pixels():
     assert float(out["loss"]) == pytest.approx(float(out["main_loss"] + 0.5 * out["aux_loss"]), rel=1e-5)
     masks[:, 8:] = 2  # the ignored pixels now count, so the loss changes
     assert SegmentationTask(["bg", "a", "b"]).step(model, (images, masks))["main_loss"].item() != pytest.approx(out["main_loss"].item())
+
+
+def test_detection_meter_agrees_with_torchmetrics_on_random_predictions():
+    from torchmetrics.detection import MeanAveragePrecision
+
+    generator = torch.Generator().manual_seed(0)
+
+    def boxes(n):
+        xy = torch.rand(n, 2, generator=generator) * 80
+        return torch.cat([xy, xy + 5 + torch.rand(n, 2, generator=generator) * 30], 1)
+
+    targets, predictions = [], []
+    for n in (3, 0, 2, 4):  # an image without objects counts too
+        truth = {"boxes": boxes(n), "labels": torch.randint(1, 3, (n,), generator=generator)}
+        noisy = torch.cat([truth["boxes"] + torch.randn(n, 4, generator=generator) * 3, boxes(3)])
+        targets.append(truth)
+        predictions.append({"boxes": noisy, "scores": torch.rand(n + 3, generator=generator),
+                            "labels": torch.cat([truth["labels"], torch.randint(1, 3, (3,), generator=generator)])})
+    ours = DetectionMeter(["a", "b"])
+    ours.update(predictions, targets)
+    mine = ours.compute()
+    reference = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
+    reference.update(predictions, targets)
+    theirs = reference.compute()
+    assert 0 < mine["map"] < 1
+    # torchmetrics builds the IoU and recall thresholds in float32 (0.7 -> 0.69999999), so a
+    # recall that lands exactly on a threshold may be counted one step apart: equal to ~1e-3.
+    for key in ("map", "map_50", "map_75", "mar_100"):
+        assert mine[key] == pytest.approx(float(theirs[key]), abs=2e-3), key
+    for label, ap in zip(theirs["classes"].tolist(), theirs["map_per_class"].tolist()):
+        assert mine[f"ap/{'ab'[label - 1]}"] == pytest.approx(ap, abs=2e-3)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_model_takes_lora_trains_and_merges_to_a_plain_torchvision_model(name):
+    """LoRA on the backbone (and FPN / attention projections), the head resized and trained
+    in full; merging gives the same outputs from a module with no adapter wrapper left."""
+    import copy
+    import re
+
+    from scalpel.core.delta import merge
+    from scalpel.core.recipes import adapt
+    from scalpel.vision.models import names_regex
+
+    spec = SPECS[name]
+    size = 64 if spec.task != "classification" else 32
+    model = build_model(name, 3, image_size=size, task=spec.task)
+    head = head_modules(model, spec)
+    layers = adaptable_layers(model, spec)
+    if "fpn" in name:
+        assert any(".fpn." in n for n in layers)  # the feature pyramid is adapted, not only the body
+    if name == "swin_t":
+        assert any(n.endswith("attn.qkv") for n in layers)
+    torch.manual_seed(0)
+    model = adapt(model, "lora", targets=names_regex(layers), head=head, r=2, alpha=4)
+    freeze_batchnorm(model.train())
+    if spec.task == "detection":
+        images = [torch.rand(3, size, size)]
+        loss = sum(model(images, [{"boxes": torch.tensor([[4.0, 6, 40, 44]]), "labels": torch.tensor([2])}]).values())
+    elif spec.task == "segmentation":
+        loss = SegmentationTask(["bg", "a", "b"]).step(model, (torch.rand(2, 3, size, size), torch.randint(0, 3, (2, size, size))))["loss"]
+    else:
+        loss = torch.nn.functional.cross_entropy(model(torch.rand(2, 3, size, size)), torch.tensor([0, 2]))
+    loss.backward()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0}
+    assert any("lora_B" in n for n in trained) or any("lora_A" in n for n in trained)
+    assert any(re.search(re.escape(head[0]), n) for n in trained)  # the resized head trains in full
+    with torch.no_grad():  # move the zero-initialised LoRA B so that merging has something to fold in
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.01)
+    model.eval()
+    plain = merge(copy.deepcopy(model))
+    assert not any(hasattr(m, "base_layer") for m in plain.modules())
+    fresh = build_model(name, 3, image_size=size, task=spec.task)
+    fresh.load_state_dict(plain.state_dict())  # the same keys and shapes as the torchvision model
+    fresh.eval()
+    x = torch.rand(1, 3, size, size)
+    with torch.no_grad():
+        if spec.task == "detection":
+            got, want = fresh.backbone(fresh.transform([x[0]])[0].tensors), model.backbone(model.transform([x[0]])[0].tensors)
+            got, want = list(got.values()) if isinstance(got, dict) else got, list(want.values()) if isinstance(want, dict) else want
+        elif spec.task == "segmentation":
+            got, want = [fresh(x)["out"]], [model(x)["out"]]
+        else:
+            got, want = [fresh(x)], [model(x)]
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
