@@ -26,6 +26,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from scalpel.core.errors import ConfigError, DataError, ScalpelError, UnknownNameError
 from scalpel.core.files import read_safetensors
@@ -129,8 +130,74 @@ def build_model(
         t = model.transform
         model.transform = GeneralizedRCNNTransform(image_size, image_size, t.image_mean, t.image_std,
                                                    size_divisible=1, fixed_size=(image_size, image_size))
+    if name.startswith("vit"):
+        split_attention(model)
     if weights:
         load_weights(model, read_weights(name, weights), head_modules(model, spec))
+    return model
+
+
+class SplitAttention(nn.Module):
+    """Self-attention computing exactly what a ``batch_first`` ``nn.MultiheadAttention``
+    computes, with ``q``, ``k``, ``v`` and ``out_proj`` as separate ``nn.Linear`` layers,
+    so LoRA and sparse deltas can go on the attention projections.
+
+    torchvision's ViT fuses q/k/v into ``in_proj_weight`` of ``nn.MultiheadAttention``,
+    whose forward reads the tensors directly (a wrapper around them would be bypassed).
+    The state dict keeps torchvision's layout: ``state_dict()`` fuses plain ``q``/``k``/``v``
+    back into ``in_proj_weight``/``in_proj_bias`` and ``load_state_dict`` splits them, so
+    torchvision checkpoints load and merged exports load into a plain torchvision ViT.
+    """
+
+    def __init__(self, attention: nn.MultiheadAttention):
+        super().__init__()
+        if not attention.batch_first or attention.in_proj_weight is None:
+            raise ConfigError("model", ["SplitAttention needs a batch_first nn.MultiheadAttention with a fused in_proj_weight"])
+        d = attention.embed_dim
+        self.embed_dim, self.num_heads, self.dropout = d, attention.num_heads, attention.dropout
+        bias = attention.in_proj_bias is not None
+        self.q, self.k, self.v = nn.Linear(d, d, bias=bias), nn.Linear(d, d, bias=bias), nn.Linear(d, d, bias=bias)
+        self.out_proj = nn.Linear(d, d, bias=attention.out_proj.bias is not None)
+        self.register_state_dict_post_hook(_fuse_qkv)
+        self.register_load_state_dict_pre_hook(_split_qkv)
+        self.load_state_dict(attention.state_dict())  # in_proj_* split into q, k, v by the pre-hook
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, need_weights: bool = False,
+                **_: Any) -> tuple[torch.Tensor, None]:
+        if not (query is key is value):
+            raise ScalpelError("SplitAttention is self-attention only (ViT calls it with x, x, x)")
+        b, n, d = query.shape
+        h = self.num_heads
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, n, h, d // h).transpose(1, 2)
+
+        out = torch.nn.functional.scaled_dot_product_attention(
+            heads(self.q(query)), heads(self.k(query)), heads(self.v(query)), dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, d)), None
+
+
+def _fuse_qkv(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, _metadata: Any) -> None:
+    for kind in ("weight", "bias"):
+        keys = [f"{prefix}{p}.{kind}" for p in "qkv"]
+        if all(k in state for k in keys):  # plain layers (an adapter's wrapped ones keep their own keys)
+            state[f"{prefix}in_proj_{kind}"] = torch.cat([state.pop(k) for k in keys])
+
+
+def _split_qkv(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, *_: Any) -> None:
+    for kind in ("weight", "bias"):
+        fused = state.pop(f"{prefix}in_proj_{kind}", None)
+        if fused is not None:
+            for p, part in zip("qkv", fused.chunk(3)):
+                state[f"{prefix}{p}.{kind}"] = part
+
+
+def split_attention(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.MultiheadAttention`` of ``model`` by an equivalent :class:`SplitAttention`."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.MultiheadAttention):
+                setattr(module, child_name, SplitAttention(child))
     return model
 
 
@@ -214,9 +281,11 @@ def adaptable_layers(model: nn.Module, spec: ModelSpec) -> list[str]:
     ``nn.Conv2d`` (``groups == 1``) outside the head.
 
     Depthwise convolutions are skipped (a rank-r update of a ``k x k`` per-channel kernel
-    saves nothing), and so is ``nn.MultiheadAttention.out_proj``, whose weight the fused
-    attention kernel reads directly (torchvision's ViT keeps q, k, v in that module; Swin's
-    ``attn.qkv`` and ``attn.proj`` are plain linears and are adapted).
+    saves nothing). So are the projections of attention modules whose forward reads the
+    weight tensors directly instead of calling the layers - a wrapper there would be
+    bypassed: ``nn.MultiheadAttention`` (the vision builders replace it in ViT by
+    :class:`SplitAttention`, whose q, k, v and output projection are adapted) and Swin's
+    ``ShiftedWindowAttention`` (``attn.qkv``/``attn.proj``; Swin's MLPs are adapted).
     """
     head = head_modules(model, spec)
     names = []
@@ -225,7 +294,7 @@ def adaptable_layers(model: nn.Module, spec: ModelSpec) -> list[str]:
             name = f"{parent_name}.{child_name}" if parent_name else child_name
             if any(name == h or name.startswith(h + ".") for h in head):
                 continue
-            if isinstance(parent, nn.MultiheadAttention):
+            if isinstance(parent, (nn.MultiheadAttention, ShiftedWindowAttention)):
                 continue
             if isinstance(child, nn.Linear) or (isinstance(child, nn.Conv2d) and child.groups == 1):
                 names.append(name)

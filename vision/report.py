@@ -43,6 +43,27 @@ def draw_mask(image: torch.Tensor, mask: torch.Tensor, num_classes: int, normali
     return draw_segmentation_masks(to_uint8(image, normalised), masks, alpha=0.5, colors=colours)
 
 
+def draw_label(image: torch.Tensor, text: str, ok: bool) -> torch.Tensor:
+    """A normalised classification input with ``text`` written on it, framed green (right) or red (wrong)."""
+    h, w = image.shape[-2:]
+    frame = torch.tensor([[0.0, 0.0, w - 1.0, h - 1.0]])
+    return draw_bounding_boxes(to_uint8(image, True), frame, labels=[text], colors=["#3cb44b" if ok else "#e6194b"], width=2)
+
+
+def confusion_lines(model: nn.Module, dataset, class_names: list[str], batch_size: int = 32) -> list[str]:
+    """The validation confusion matrix as a markdown table (rows: true class, columns: predicted)."""
+    from scalpel.vision.metrics import ClassificationMeter
+
+    meter = ClassificationMeter(class_names)
+    model.eval()
+    with torch.no_grad():
+        for images, labels in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+            meter.update(model(images), torch.as_tensor(labels))
+    lines = ["| true \\ predicted | " + " | ".join(class_names) + " |", "|---|" + "---:|" * len(class_names)]
+    lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(class_names, meter.confusion_matrix())]
+    return lines
+
+
 def example_grid(model: nn.Module, task: Any, dataset, class_names: list[str], count: int = 6) -> torch.Tensor:
     """Predictions on the first ``count`` validation images; segmentation rows pair truth and prediction."""
     model.eval()
@@ -56,7 +77,9 @@ def example_grid(model: nn.Module, task: Any, dataset, class_names: list[str], c
                 predicted = model(image[None])["out"].argmax(1)[0]
                 tiles += [draw_mask(image, target, len(class_names)), draw_mask(image, predicted, len(class_names))]
             else:
-                tiles.append(to_uint8(image, True))
+                predicted = int(model(image[None]).argmax(-1)[0])
+                tiles.append(draw_label(image, f"{class_names[predicted]} (true: {class_names[int(target)]})",
+                                        ok=predicted == int(target)))
     return make_grid(tiles, nrow=4 if task.name == "segmentation" else 3, padding=2, pad_value=255)
 
 
@@ -86,6 +109,8 @@ def write_report(run_dir: Path, config: Any, summary: dict[str, Any], model: nn.
         "",
         *metrics_table(summary["before"], summary["after"]),
         "",
+        *(["## Confusion matrix (validation, adapted model)", "", *confusion_lines(model, dataset, class_names), ""]
+          if summary["task"] == "classification" else []),
         "## Data",
         "",
         *[f"- {r['source']}: " + ", ".join(f"{k} {v}" for k, v in r.items() if k != "source" and v) for r in summary["data"]],
@@ -94,7 +119,7 @@ def write_report(run_dir: Path, config: Any, summary: dict[str, Any], model: nn.
         "",
         "Segmentation: ground truth then prediction, side by side." if summary["task"] == "segmentation" else
         "Detection: boxes with score >= 0.3, labelled class and score." if summary["task"] == "detection" else
-        "Classification: the first validation images.",
+        "Classification: predicted class (true class) on the first validation images; green frame: right, red: wrong.",
         "",
         "![examples](examples.png)",
         "",

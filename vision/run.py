@@ -304,7 +304,7 @@ def run_pipeline(config: VisionConfig) -> dict[str, Any]:
         write_safetensors(merged_path, merged.state_dict(), metadata={"model": config.model})
         write_json(run_dir / "merged" / "model.json", {k: extra[k] for k in ("task", "model", "num_classes", "class_names", "image_size")})
     summary = {
-        "task": config.task, "method": config.method, "model": config.model,
+        "task": config.task, "method": config.method, "model": config.model, "class_names": class_names,
         "before": before, "after": after, "base_on_source": base_on_source, "trainable_parameters": trainable, "total_parameters": total,
         "train_seconds": seconds, "steps": result.steps, "teacher": config.teacher or None, "data": [r.as_dict() for r in split.reports],
     }

@@ -52,6 +52,9 @@ def test_pipeline_end_to_end(tmp_path, name, method, headline):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert 0 < summary["trainable_parameters"] < summary["total_parameters"]
     assert "| " + headline + " |" in (run_dir / "report.md").read_text()
+    if headline == "accuracy":  # classification reports its confusion matrix, one row per class
+        report = (run_dir / "report.md").read_text()
+        assert "## Confusion matrix" in report and all(f"| {c} |" in report for c in result["summary"]["class_names"])
 
     adapted, extra = load_adapted(run_dir / "adapter")
     _merged_equals_adapted(run_dir, adapted, extra)
