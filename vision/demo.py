@@ -55,7 +55,7 @@ class DemoSize:
 
 
 FULL = DemoSize(images=160, detection_size=96, segmentation_size=64, base_steps=120, steps=48, batch_size=8)
-QUICK = DemoSize(images=16, detection_size=64, segmentation_size=64, base_steps=12, steps=3, batch_size=4)
+QUICK = DemoSize(images=24, detection_size=64, segmentation_size=64, base_steps=20, steps=8, batch_size=4)
 
 #: Layer-wise blocks of the demo: the stem and the first 8 blocks. The synthetic shift is at
 #: the input (colours, textures, backgrounds), and for input-level shifts tuning the first

@@ -279,7 +279,7 @@ def run_pipeline(config: VisionConfig) -> dict[str, Any]:
     trainable, total = count_parameters(model)
 
     key, _ = headline({}, config.task)
-    max_steps = (min(4, config.max_steps) if config.max_steps else 4) if config.quick else config.max_steps
+    max_steps = (min(8, config.max_steps) if config.max_steps else 4) if config.quick else config.max_steps
     fit_config = FitConfig(
         output_dir=str(run_dir), epochs=1 if config.quick else config.epochs, max_steps=max_steps,
         lr=config.lr, weight_decay=1e-4, warmup_ratio=0.05, metric=key, greater_is_better=True, device=config.device,
