@@ -228,3 +228,13 @@ def test_split_attention_is_torchvision_attention_and_keeps_its_state_dict_layou
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_ssdlite_layerwise_default_is_the_last_stage_and_the_extra_layers():
+    from scalpel.core.layerwise import block_map
+
+    model = build_model("ssdlite320_mobilenet_v3_large", 4, image_size=96)
+    chosen = [b.name for b in block_map(model).select(SPECS["ssdlite320_mobilenet_v3_large"].blocks)]
+    assert chosen[0] == "backbone.features.1.0" and chosen[-1] == "backbone.extra.3"
+    assert all(n.startswith(("backbone.features.1.", "backbone.extra.")) for n in chosen)
+    assert SPECS["resnet18"].blocks == ("last 2",)
