@@ -205,15 +205,17 @@ def evaluate_base(config: VisionConfig, model: nn.Module, task, dataset, class_n
                   weights: str, tag: str = "before", draw: bool = True) -> tuple[dict[str, float], str | None]:
     """The base model's validation metrics and a PNG of its predictions (``before``).
 
-    For a base weights file the result is cached beside it (keyed by the evaluation
-    settings), so runs of several methods on one base evaluate it once.
+    ``weights``: the source-trained base of the embedded demo, beside which the result is
+    cached (keyed by the evaluation settings), so runs of several methods on one base
+    evaluate it once; empty for user weights (nothing is written next to them).
     """
     from scalpel.vision.report import example_grid, save_png
 
     cache = None
     if weights and Path(weights).is_file():
-        key = json.dumps([Path(weights).name, Path(weights).stat().st_size, config.task, config.image_size, len(dataset),
-                          config.seed, config.data, config.val_data, class_names])
+        stat = Path(weights).stat()
+        key = json.dumps([Path(weights).name, stat.st_size, stat.st_mtime_ns, config.task, config.image_size, len(dataset),
+                          config.seed, class_names])
         cache = Path(weights).parent / f"{tag}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
         if cache.with_suffix(".json").is_file() and (not draw or cache.with_suffix(".png").is_file()):
             return json.loads(cache.with_suffix(".json").read_text()), str(cache.with_suffix(".png")) if draw else None
@@ -236,6 +238,7 @@ def run_pipeline(config: VisionConfig) -> dict[str, Any]:
     run_dir = Path(config.output_dir)
     torch.manual_seed(config.seed)
     weights = config.weights
+    demo_base = ""  # the source-trained base of the embedded default, when this run trained or reused it
     if config.data:
         val = (config.val_data, config.val_images, config.val_masks) if config.val_data else None
         split = load_split(config, config.data, config.images, config.masks, val)
@@ -246,16 +249,16 @@ def run_pipeline(config: VisionConfig) -> dict[str, Any]:
         split = synthetic_split(config, domains["target"])
         source = synthetic_split(config, domains["source"])
         if not weights:
-            weights = str(train_base(config, source, shared / "base"))
+            weights = demo_base = str(train_base(config, source, shared / "base"))
     class_names = split.class_names
     spec = spec_for(config.model, config.task)
     model = build_model(config.model, num_outputs(config.task, class_names), weights=weights or None,
                         image_size=config.image_size, task=config.task)
     task = make_task(config, class_names)
-    before, base_examples = evaluate_base(config, model, task, split.val, class_names, weights)
+    before, base_examples = evaluate_base(config, model, task, split.val, class_names, demo_base)
     base_on_source = None
     if source is not None:  # the demo: how well the base learned its own (source) domain
-        base_on_source, _ = evaluate_base(config, model, task, source.val, class_names, weights, tag="source", draw=False)
+        base_on_source, _ = evaluate_base(config, model, task, source.val, class_names, demo_base, tag="source", draw=False)
     if config.teacher:  # distillation composes with any method: only the loss changes
         from scalpel.vision.distill import VisionDistillTask
 
