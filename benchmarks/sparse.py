@@ -12,7 +12,7 @@ step. Peak training memory is measured per method family in a fresh subprocess (
 RSS on CPU, reset with /proc/self/clear_refs; ``max_memory_allocated`` on CUDA) over the
 first training steps, minus the memory held before them.
 
-    python benchmarks/sparse.py            # ~25 CPU-min on one thread (33 min wall on the busy shared machine)
+    python benchmarks/sparse.py            # 33 min wall on the shared 2-core machine at load 5-6 (one thread)
     python benchmarks/sparse.py --quick    # < 1 min, a smoke run
 """
 
