@@ -84,7 +84,7 @@ def main() -> None:
         *reading(rows),
         "",
         "Limits: the bases are small models trained for minutes on a CPU, so absolute figures are low, detection most of all",
-        "(SSDlite from scratch at 96 px; the photo backgrounds of the target are hard for a detector that only saw plain ones).",
+        "(SSDlite from scratch at 128 px; the photo backgrounds of the target are hard for a detector that only saw plain ones).",
         "One seed and 32 validation images per domain: differences of a few hundredths are within noise. With",
         "COCO-pre-trained weights on a GPU (docs/vision.md) the same pipelines run at full scale.",
         "",
