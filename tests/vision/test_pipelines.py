@@ -98,3 +98,15 @@ def test_aspect_ratio_grouping_feeds_every_training_image_once(tmp_path):
     batches = list(loader(config, split.train, train=True))
     assert sum(len(images) for images, _ in batches) == len(split.train)
     assert all(len(images) <= 4 for images, _ in batches)
+
+
+def test_class_weights_from_the_command_line_and_their_checks():
+    from scalpel.vision.tasks import SegmentationTask
+
+    assert SegmentationConfig(class_weights=("0.3", "1", "1")).class_weights == (0.3, 1.0, 1.0)  # argparse gives strings
+    with pytest.raises(ConfigError, match="must be numbers"):
+        SegmentationConfig(class_weights=("heavy",))
+    with pytest.raises(ConfigError, match="class_weights has 2 values but class_names has 3"):
+        SegmentationConfig(class_weights=(1, 2), class_names=("bg", "a", "b"))
+    with pytest.raises(ConfigError, match="one weight per class"):
+        SegmentationTask(["bg", "a"], class_weights=[1.0])
