@@ -29,7 +29,7 @@ def test_quick_demo_rows(tmp_path):
     sentiment = [r for r in rows if r["task"] == "sentiment"]
     assert len({r["before"] for r in sentiment}) == 1 and 0 <= sentiment[0]["before"] <= 1  # one probe, shared
     trainable = {r["method"]: r["trainable"] for r in sentiment}
-    assert trainable["full"] > trainable["layerwise"] > trainable["lora"] > trainable["sparse"] * 0  # full trains the most
+    assert trainable["full"] > trainable["layerwise"] > trainable["lora"] > trainable["sparse"]  # density 1 % < rank 8 < 2 blocks < all
     assert trainable["lora"] < trainable["full"] / 10
     chat = rows[-1]
     assert chat["metric"] == "held-out assistant-token loss" and chat["after"] < chat["before"]
