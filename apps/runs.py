@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from scalpel.core.artifacts import SCALPEL_FILE, STATS_PREFIX, WEIGHTS_FILE, load_adapter
-from scalpel.core.delta import base_name, load_norm_statistics, set_active_adapter
+from scalpel.core.delta import adapter_of, base_name, load_norm_statistics, set_active_adapter
 from scalpel.core.errors import AdapterError
 from scalpel.core.files import read_json, read_safetensors
 
@@ -139,13 +140,24 @@ class AdapterSlots:
     The base is never reloaded: loading an adapter adds its delta modules under its own
     name; the fully trained base tensors it carries (``scalpel.full.*``, e.g. a task head)
     and its normalisation statistics (``scalpel.stats.*``) are remembered and copied back
-    whenever it is activated again.
+    whenever it is activated again. Before each switch the base's own tensors are restored
+    from a copy taken at the start, so what one adapter trained in full (a ``full`` or
+    layer-wise run) never leaks into another that does not carry those tensors.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._full: dict[str, dict[str, Any]] = {}
         self.active: str | None = None
+        self._base = {base_name(n): t.detach().clone() for n, t in [*model.named_parameters(), *model.named_buffers()]
+                      if adapter_of(n) is None}
+
+    def _restore_base(self) -> None:
+        with torch.no_grad():
+            for n, t in [*self.model.named_parameters(), *self.model.named_buffers()]:
+                original = self._base.get(base_name(n)) if adapter_of(n) is None else None
+                if original is not None:
+                    t.copy_(original)
 
     @property
     def loaded(self) -> list[str]:
@@ -155,6 +167,7 @@ class AdapterSlots:
         """Load (first time) or re-activate the adapter at ``adapter_dir``; returns the model (eval mode)."""
         adapter_dir = Path(adapter_dir)
         name = slot_name(adapter_dir)
+        self._restore_base()
         if name not in self._full:
             load_adapter(self.model, adapter_dir, adapter_name=name)
             tensors = read_safetensors(adapter_dir / WEIGHTS_FILE)

@@ -72,3 +72,28 @@ def test_adapter_slots_switch_without_reloading_the_base(tmp_path):
         torch.testing.assert_close(model(x), want)
     assert len(slots.loaded) == 2
     assert read_run(tmp_path / "one").metrics["accuracy"] == pytest.approx(0.6)
+
+
+def test_a_full_adapter_does_not_leak_into_the_next_one(tmp_path):
+    """Switching from an adapter that trained every base weight to a LoRA one gives the LoRA model."""
+    from scalpel.core.recipes import adapt
+
+    def base():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+
+    x = torch.randn(6, 4)
+    for method, options in (("full", {}), ("lora", {"r": 2})):
+        model = adapt(base(), method, **options)
+        model.train()
+        with torch.no_grad():
+            for p in sc.trainable_parameters(model).values():
+                p.add_(0.5)
+            model(x + 3)  # moves the BatchNorm statistics too
+        sc.save_adapter(model, tmp_path / method)
+    fresh_lora = sc.load_adapter(base(), tmp_path / "lora").eval()(x)
+    slots = AdapterSlots(base())
+    slots.activate(tmp_path / "full")
+    with torch.no_grad():
+        torch.testing.assert_close(slots.activate(tmp_path / "lora")(x), fresh_lora)
+        torch.testing.assert_close(slots.activate(tmp_path / "full")(x), sc.load_adapter(base(), tmp_path / "full").eval()(x))
