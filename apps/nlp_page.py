@@ -22,11 +22,11 @@ MAX_CSV_ROWS = 5000
 
 
 @cached
-def sentiment_base(base_path: str, label_names: tuple[str, ...], tokenizer_path: str) -> tuple[AdapterSlots, Any]:
-    """The classifier base and its tokenizer, once per (base, labels)."""
+def sentiment_base(base_path: str, label_names: tuple[str, ...], tokenizer_path: str, pooling: str = "auto") -> tuple[AdapterSlots, Any]:
+    """The classifier base and its tokenizer, once per (base, labels, pooling)."""
     from scalpel.nlp.sentiment.model import load_classifier, load_tokenizer
 
-    return AdapterSlots(load_classifier(base_path, label_names)), load_tokenizer(tokenizer_path)
+    return AdapterSlots(load_classifier(base_path, label_names, pooling=pooling)), load_tokenizer(tokenizer_path)
 
 
 def sentiment_model(run: RunInfo) -> tuple[torch.nn.Module, Any]:
@@ -43,7 +43,7 @@ def sentiment_model(run: RunInfo) -> tuple[torch.nn.Module, Any]:
         path = default_model_path()
     if not path or "label_names" not in extra:
         raise DataError(f"{run.adapter_dir} does not record its base model and labels; retrain it with scalpel run nlp.sentiment")
-    slots, tokenizer = sentiment_base(path, tuple(extra["label_names"]), extra.get("tokenizer") or path)
+    slots, tokenizer = sentiment_base(path, tuple(extra["label_names"]), extra.get("tokenizer") or path, extra.get("pooling", "auto"))
     return slots.activate(run.adapter_dir), tokenizer
 
 
