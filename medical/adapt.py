@@ -29,6 +29,7 @@ from scalpel.core.files import atomic_write, read_json, read_safetensors, write_
 from scalpel.core.fit import FitConfig, fit
 from scalpel.core.recipes import adapt, method_names
 from scalpel.core.sparse import ScoringData
+from scalpel.medical.networks import NetworkSpec, lora_target_types, spec_from_dict
 from scalpel.medical.segmentation import SegmentationTask, UNetSpec
 from scalpel.medical.site import Case, PatchBatches, eval_batches, ingest_site, load_cases, split_cases
 
@@ -41,7 +42,8 @@ SITE_TASK = "medical.site"
 class BaseSpec:
     """What a base checkpoint is: the network, the structures it segments, its input normalisation."""
 
-    unet: UNetSpec
+    unet: UNetSpec | NetworkSpec
+    """the network: a UNetSpec, or any NetworkSpec (SegResNet, SwinUNETR, a dotted MONAI class)"""
     structures: tuple[str, ...]
     window: tuple[float, float] = (-200.0, 600.0)
     """HU window mapped onto [0, 1] before the network"""
@@ -63,7 +65,7 @@ class BaseSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BaseSpec:
-        return cls(UNetSpec.from_dict(data["unet"]), tuple(data["structures"]), tuple(data["window"]), tuple(data["patch"]))
+        return cls(spec_from_dict(data["unet"]), tuple(data["structures"]), tuple(data["window"]), tuple(data["patch"]))
 
 
 @dataclass(frozen=True)
@@ -114,10 +116,12 @@ def load_base(folder: str | os.PathLike) -> tuple[nn.Module, BaseSpec, str]:
     return model.eval(), spec, hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()
 
 
-def method_options(options: AdaptOptions) -> dict[str, Any]:
-    """Options for :func:`scalpel.core.recipes.adapt`: LoRA on every convolution of the network."""
+def method_options(options: AdaptOptions, model: nn.Module | None = None) -> dict[str, Any]:
+    """Options for :func:`scalpel.core.recipes.adapt`: LoRA on every convolution of the network
+    and, where it has them (SwinUNETR), its linear layers, attention included."""
     if options.method in ("lora", "dora", "rslora"):
-        return {"target_types": ("Conv2d", "Conv3d"), "r": options.r, "alpha": 2.0 * options.r}
+        types = lora_target_types(model) if model is not None else ("Conv2d", "Conv3d")
+        return {"target_types": types, "r": options.r, "alpha": 2.0 * options.r}
     if options.method == "sparse":
         return {"density": options.density, "scorer": "fisher", "num_batches": 4}
     if options.method == "layerwise":
@@ -194,7 +198,7 @@ def _train_adapter(base_dir: str | os.PathLike, train: list[Case], held_out: lis
     train_batches = PatchBatches(train, spec.patch, batch_size=options.batch_size, batches=4, seed=options.seed)
     # data-driven selection (sparse Fisher scores) scores with the task's own DiceCE loss
     scoring = ScoringData(train_batches, lambda m, b: task.step(m, b)["loss"])
-    model = adapt(model, options.method, data=scoring, **method_options(options))
+    model = adapt(model, options.method, data=scoring, **method_options(options, model))
     trainable, total = count_parameters(model)
     started = time.perf_counter()
     result = fit(model, task, train_batches, evaluation,

@@ -219,7 +219,7 @@ class SiteAdapters:
         meta = self._meta.get(_slot(self.active), {}) if self.active is not None else {}
         extra = meta.get("extra", {})
         return AlgorithmInfo(
-            name=f"Scalpel {self.spec.unet.architecture}", version=_library_version(),
+            name=f"Scalpel {getattr(self.spec.unet, 'architecture', None) or getattr(self.spec.unet, 'name', 'network')}", version=_library_version(),
             site=str(extra.get("site", "")), method=str(extra.get("method", "base")),
             adapter_fingerprint=adapter_fingerprint(self.active) if self.active is not None else "",
             base_fingerprint="sha256:" + self.base_sha256,
