@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from scalpel.core.artifacts import adapter_bytes
+from scalpel.core.compare import comparison_table
 from scalpel.core.delta import norm_statistics
 from scalpel.core.layerwise import recalibrate_norm_statistics
 from scalpel.core.files import atomic_write, read_json, write_json
@@ -157,13 +158,7 @@ def _curve(run_dir: Path) -> str | None:
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown table; time relative to full fine-tuning (a ratio, not seconds)."""
-    full = next((r["train_seconds"] for r in rows if r["method"] == "full"), None)
-    lines = ["| method | Dice before | Dice after | trainable | share | time vs full | adapter |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        ratio = f"{r['train_seconds'] / full:.2f}x" if full else "-"
-        lines.append(f"| {r['method']} | {r['before']:.3f} | {r['after']:.3f} | {r['trainable']:,} | "
-                     f"{100 * r['trainable'] / max(r['total'], 1):.1f}% | {ratio} | {r['adapter_bytes'] / 1024:.0f} KiB |")
-    return lines
+    return comparison_table(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from scalpel.core.artifacts import adapter_bytes
+from scalpel.core.compare import comparison_table
 from scalpel.core.files import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -217,17 +218,10 @@ def chat_row(output_dir: Path, size: DemoSize) -> dict[str, Any]:
 
 def report(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown: one table; time relative to full fine-tuning of the same task (a ratio, not seconds)."""
-    full = {r["task"]: r["train_seconds"] for r in rows if r["method"] == "full"}
     lines = ["# NLP demo", "",
              "Sentiment: *before* = linear probe on the frozen encoder. Chat: held-out assistant-token loss, lower is better; "
              "the decoder is pre-trained here briefly, so this shows the mechanics, not a useful assistant.", "",
-             "| task | model | method | metric | before | after | trainable | share | time vs full | adapter |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        ratio = f"{r['train_seconds'] / full[r['task']]:.2f}x" if full.get(r["task"]) else "-"
-        before = "-" if r["before"] is None else f"{r['before']:.3f}"
-        lines.append(f"| {r['task']} | {r['model']} | {r['method']} | {r['metric']} | {before} | {r['after']:.3f} | "
-                     f"{r['trainable']:,} | {100 * r['trainable'] / max(r['total'], 1):.1f}% | {ratio} | {r['adapter_bytes'] / 1024:,.0f} KiB |")
+             *comparison_table(rows)]
     for r in rows:
         for e in r["examples"]:
             if "text" in e:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from scalpel.core.artifacts import adapter_bytes
+from scalpel.core.compare import comparison_table
 from scalpel.core.files import atomic_write, write_json
 from scalpel.vision.config import DetectionConfig, SegmentationConfig, VisionConfig
 from scalpel.vision.run import run_pipeline
@@ -137,14 +138,7 @@ def row_of(config: VisionConfig, result: dict[str, Any], *, first: bool) -> dict
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown table; time is given relative to full fine-tuning of the same task (a ratio, not seconds)."""
-    full = {r["task"]: r["train_seconds"] for r in rows if r["method"] == "full"}
-    lines = ["| task | model | method | metric | before | after | trainable | share | time vs full | adapter |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        ratio = f"{r['train_seconds'] / full[r['task']]:.2f}x" if full.get(r["task"]) else "-"
-        lines.append(f"| {r['task']} | {r['model']} | {r['method']} | {r['metric']} | {r['before']:.3f} | {r['after']:.3f} | "
-                     f"{r['trainable']:,} | {100 * r['trainable'] / max(r['total'], 1):.1f}% | {ratio} | {r['adapter_bytes'] / 1024:,.0f} KiB |")
-    return lines
+    return comparison_table(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
