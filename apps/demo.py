@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from scalpel.apps.report import COLUMNS, cells, write_report
 from scalpel.core.errors import ConfigError, ScalpelError
 from scalpel.core.files import write_json
 
@@ -79,20 +80,10 @@ def run_all(output_dir: str | Path, quick: bool = False, domains: Sequence[str] 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """The closing table: domain, task, method, metric (before -> after), trainable parameters, time, adapter size."""
-    header = ("domain", "task", "method", "metric", "before", "after", "trainable", "share", "train time", "adapter")
-    body = []
-    for r in rows:
-        before = "-" if r["before"] is None else f"{r['before']:.3f}"
-        share = f"{100 * r['trainable'] / r['total']:.2f}%" if r.get("total") else "-"
-        body.append((r["domain"], r["task"], r["method"], r["metric"], before, f"{r['after']:.3f}", f"{r['trainable']:,}", share,
-                     f"{r['train_seconds']:.1f} s", _size(r["adapter_bytes"])))
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *body, strict=True)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
-    return [line(header), line(["-" * w for w in widths]), *map(line, body)]
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+    body = [cells(r) for r in rows]
+    widths = [max(len(c) for c in column) for column in zip(COLUMNS, *body, strict=True)]
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()  # noqa: E731
+    return [line(COLUMNS), line(["-" * w for w in widths]), *map(line, body)]
 
 
 def _quiet_known_warnings() -> None:
@@ -103,8 +94,6 @@ def _quiet_known_warnings() -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from scalpel.apps.report import write_report
-
     started = time.perf_counter()
     rows, failures = run_all(args.output_dir, args.quick, args.domains, say=lambda s: print(s, file=sys.stderr, flush=True))
     write_json(args.output_dir / "results.json", rows)

@@ -74,14 +74,23 @@ def _machine() -> str:
     return f"{when} · Python {platform.python_version()} · torch {torch.__version__} · {device}"
 
 
+#: Columns of the run table, shared by the terminal table of ``scalpel demo`` and the report.
+COLUMNS = ("domain", "task", "method", "metric", "before", "after", "trainable", "share", "train time", "adapter")
+
+
+def cells(row: dict[str, Any]) -> tuple[str, ...]:
+    """One run as display strings, in :data:`COLUMNS` order."""
+    before = "-" if row["before"] is None else f"{row['before']:.3f}"
+    share = f"{100 * row['trainable'] / row['total']:.2f}%" if row.get("total") else "-"
+    size = row["adapter_bytes"]
+    return (row["domain"], row["task"], row["method"], row["metric"], before, f"{row['after']:.3f}", f"{row['trainable']:,}", share,
+            f"{row['train_seconds']:.1f} s", f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB")
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
-    header = ["domain", "task", "method", "metric", "before", "after", "trainable", "share", "train time (s)", "adapter (KiB)"]
-    lines = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
+    lines = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in COLUMNS) + "</tr>"]
     for r in rows:
-        cells = [r["domain"], r["task"], r["method"], r["metric"], "-" if r["before"] is None else f"{r['before']:.3f}", f"{r['after']:.3f}",
-                 f"{r['trainable']:,}", f"{100 * r['trainable'] / r['total']:.2f}%" if r.get("total") else "-",
-                 f"{r['train_seconds']:.1f}", f"{r['adapter_bytes'] / 1024:.0f}"]
-        lines.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        lines.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(r)) + "</tr>")
     return "\n".join(lines) + "</table>"
 
 
