@@ -74,7 +74,7 @@ def child(method: str, root: Path, options: dict) -> None:
     start = start_measuring()
     if method == "reference":
         model, spec, _ = load_base(root / "base")
-        cases, _ = load_cases(root / "B" / "dicom", root / "B" / "labels", window=spec.window, min_size=spec.patch)
+        cases, _ = load_cases(root / "B" / "dicom", root / "B" / "labels", window=spec.window, min_size=spec.patch, **spec.grid)
         _, held_out = split_cases(cases, options["holdout"], options["seed"])
         result = {"dice": SegmentationTask(spec.structures, spec.patch).evaluate(model, eval_batches(held_out))["dice"]}
     else:

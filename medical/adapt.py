@@ -40,7 +40,14 @@ SITE_TASK = "medical.site"
 
 @dataclass(frozen=True)
 class BaseSpec:
-    """What a base checkpoint is: the network, the structures it segments, its input normalisation."""
+    """What a base checkpoint is: the network, the structures it segments, its input grid and normalisation.
+
+    ``spacing`` and ``orientation`` are the grid the base was trained on. Left empty, every
+    series is used on its own grid (voxel for voxel, as stored); set, every series is
+    reoriented and resampled to them for training and inference, and predictions are
+    resampled back onto the series' own grid (what a MONAI bundle trained at, say,
+    1.5 x 1.5 x 2 mm in RAS needs).
+    """
 
     unet: UNetSpec | NetworkSpec
     """the network: a UNetSpec, or any NetworkSpec (SegResNet, SwinUNETR, a dotted MONAI class)"""
@@ -48,9 +55,14 @@ class BaseSpec:
     window: tuple[float, float] = (-200.0, 600.0)
     """HU window mapped onto [0, 1] before the network"""
     patch: tuple[int, ...] = (32, 32, 32)
-    """training patch and inference window"""
+    """training patch and inference window; two sizes for a 2-D network (axial slices)"""
+    spacing: tuple[float, ...] = ()
+    """voxel size in mm (x y z, after reorienting) the base expects; empty: each series' own"""
+    orientation: str = ""
+    """axis codes (``"RAS"``, ``"LPS"``...) the base expects; empty: the stored (column, row, slice) order"""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "spacing", tuple(float(v) for v in self.spacing))
         problems = []
         if len(self.structures) != self.unet.out_channels - 1:
             problems.append(f"{len(self.structures)} structures but the network has {self.unet.out_channels} outputs (background + structures)")
@@ -58,14 +70,40 @@ class BaseSpec:
             problems.append(f"window {self.window}: high must exceed low")
         if len(self.patch) != self.unet.spatial_dims or any(p % self.unet.downsampling for p in self.patch):
             problems.append(f"patch {self.patch} must have {self.unet.spatial_dims} sizes, each a multiple of {self.unet.downsampling}")
+        if self.spacing and (len(self.spacing) != 3 or min(self.spacing) <= 0):
+            problems.append(f"spacing must be 3 positive sizes in mm (x y z) or empty, got {self.spacing}")
+        if self.orientation and (len(self.orientation) != 3 or {c for c in self.orientation.upper()} - set("LRAPIS")):
+            problems.append(f"orientation must be 3 axis codes from L/R, A/P, I/S (e.g. 'RAS') or empty, got {self.orientation!r}")
         raise_if_problems("base spec", problems)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"unet": self.unet.to_dict(), "structures": list(self.structures), "window": list(self.window), "patch": list(self.patch)}
+        """``model.json``: the keys a ``scalpel run medical.segmentation`` base has, so either tool reads either base."""
+        return {"task": "medical.segmentation", "network": self.unet.to_dict(), "structures": list(self.structures),
+                "window": list(self.window), "patch": list(self.patch), "spacing": list(self.spacing), "orientation": self.orientation}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BaseSpec:
-        return cls(spec_from_dict(data["unet"]), tuple(data["structures"]), tuple(data["window"]), tuple(data["patch"]))
+        """Read a base written by :func:`save_base` (key ``network``, or ``unet`` before) or by the
+        ``medical.segmentation`` pipeline (which always trains in RAS).
+
+        Raises:
+            AdapterError: a base of another task, or one without the segmentation facts.
+        """
+        task = data.get("task", "medical.segmentation")
+        missing = [k for k in ("structures", "window", "patch") if k not in data]
+        if task != "medical.segmentation" or missing or not (data.get("network") or data.get("unet")):
+            why = f"a {task} model" if task != "medical.segmentation" else f"missing {', '.join(missing) or 'network'}"
+            raise AdapterError(f"model.json is not a segmentation base ({why}); site adaptation needs a base written by "
+                               "save_base or `scalpel run medical.segmentation`")
+        # the pipeline's bases record no orientation before it did: they were trained in RAS
+        orientation = data.get("orientation", "RAS" if "unet" not in data else "")
+        return cls(spec_from_dict(data.get("network") or data["unet"]), tuple(data["structures"]), tuple(data["window"]),
+                   tuple(data["patch"]), tuple(data.get("spacing") or ()), orientation)
+
+    @property
+    def grid(self) -> dict[str, Any]:
+        """``spacing`` and ``orientation``, as keyword arguments of :func:`~scalpel.medical.site.load_cases`."""
+        return {"spacing": self.spacing, "orientation": self.orientation}
 
 
 @dataclass(frozen=True)
@@ -152,7 +190,7 @@ def adapt_site(base_dir: str | os.PathLike, site: str | os.PathLike, run_dir: st
     run_dir = Path(run_dir)
     _, spec, base_sha = load_base(base_dir)
     series_root = ingest_site(site, run_dir, deidentify=options.deidentify)
-    cases, skipped = load_cases(series_root, Path(site) / "labels", window=spec.window, min_size=spec.patch)
+    cases, skipped = load_cases(series_root, Path(site) / "labels", window=spec.window, min_size=spec.patch, **spec.grid)
     task = SegmentationTask(spec.structures, spec.patch)
     folds: list[dict[str, Any]] = []
     if options.folds:
@@ -255,7 +293,7 @@ def train_base(site: str | os.PathLike, base_dir: str | os.PathLike, spec: BaseS
     a base is built from data already cleared for it) and save it with :func:`save_base`."""
     torch.manual_seed(seed)
     model = spec.unet.build()
-    cases, _ = load_cases(Path(site) / "dicom", Path(site) / "labels", window=spec.window, min_size=spec.patch)
+    cases, _ = load_cases(Path(site) / "dicom", Path(site) / "labels", window=spec.window, min_size=spec.patch, **spec.grid)
     task = SegmentationTask(spec.structures, spec.patch, hd95=False)
     batches = PatchBatches(cases, spec.patch, batch_size=2, batches=4, seed=seed)
     result = fit(model, task, batches, None, FitConfig(output_dir=str(Path(base_dir) / "fit"), max_steps=steps, lr=lr,

@@ -98,7 +98,7 @@ def adabn_baseline(base_dir: Path, site: Path, run_dir: Path) -> dict[str, Any]:
     """The zero-parameter baseline: the base with its BatchNorm statistics re-estimated on
     B's training cases (AdaBN), scored on the same held-out cases as the methods."""
     base, spec, _ = load_base(base_dir)
-    cases, _ = load_cases(site / "dicom", site / "labels", window=spec.window, min_size=spec.patch)
+    cases, _ = load_cases(site / "dicom", site / "labels", window=spec.window, min_size=spec.patch, **spec.grid)
     options = AdaptOptions(site="B", deidentify=False)
     train, held_out = split_cases(cases, options.holdout, options.seed)  # the split adapt_site makes
     task = SegmentationTask(spec.structures, spec.patch, hd95=False)
@@ -126,7 +126,7 @@ def write_example(base_dir: Path, adapter_dir: Path, site: Path, folder: Path, m
     base, spec, _ = load_base(base_dir)
     adapted = load_site_adapter(base_dir, adapter_dir).eval()
     held_out = read_json(adapter_dir / "scalpel.json").get("extra", {}).get("eval_cases", [])
-    cases, _ = load_cases(site / "dicom", site / "labels", window=spec.window, min_size=spec.patch)
+    cases, _ = load_cases(site / "dicom", site / "labels", window=spec.window, min_size=spec.patch, **spec.grid)
     case = next((c for c in cases if c.name in held_out), cases[0])
     task = SegmentationTask(spec.structures, spec.patch, hd95=False)
     with torch.no_grad():

@@ -92,6 +92,7 @@ class MedicalConfig:
     distill_temperature: float = field(default=2.0, metadata={"help": "distillation: softmax temperature"})
     window: tuple[float, ...] = field(default=(-200.0, 600.0), metadata={"help": "HU window mapped onto [0, 1] (low high)"})
     spacing: tuple[float, ...] = field(default=(), metadata={"help": "resample to this voxel size in mm (x y z); empty: keep"})
+    orientation: str = field(default="RAS", metadata={"help": "reorient every series to these axis codes; empty: keep the stored order"})
     steps: int = field(default=60, metadata={"help": "optimizer steps"})
     base_steps: int = field(default=150, metadata={"help": "demo: optimizer steps of the scanner-A base"})
     batch_size: int = field(default=2, metadata={"help": "volumes (segmentation) or images (classification) per batch"})
@@ -230,14 +231,15 @@ def _segmentation_kit(config: SegmentationConfig, facts: dict[str, Any], train: 
 
     patch = tuple(facts.get("patch") or config.patch)
     pre = PreprocessConfig(window=tuple(facts.get("window") or config.window), spacing=tuple(facts.get("spacing") or config.spacing), patch=patch,
-                           samples_per_volume=config.samples_per_volume, augment=config.augment)
+                           orientation=facts.get("orientation", config.orientation), samples_per_volume=config.samples_per_volume, augment=config.augment)
     train_transform = segmentation_transforms(pre, train=True)
     train_transform.set_random_state(seed=config.seed)
     train_set = cached_dataset(train, train_transform, cache=config.cache)
     eval_set = cached_dataset(held_out, segmentation_transforms(pre, train=False), cache=config.cache)
     structures = list(facts.get("structures") or config.structures)
     task = SegmentationTask(structures, patch, hd95=not config.quick)
-    facts = {**facts, "structures": structures, "patch": list(patch), "window": list(pre.window), "spacing": list(pre.spacing)}
+    facts = {**facts, "structures": structures, "patch": list(patch), "window": list(pre.window), "spacing": list(pre.spacing),
+             "orientation": pre.orientation}
     return Prepared(_loader(train_set, config.batch_size, train=True, seed=config.seed),
                     _loader(eval_set, 1, train=False, seed=config.seed), task, facts, [])
 
@@ -251,7 +253,7 @@ def _classification_kit(config: ClassificationConfig, facts: dict[str, Any], tra
     dims, size = int(facts.get("spatial_dims") or config.spatial_dims), int(facts.get("size") or config.size)
     structure = int(facts.get("structure") or config.structure)
     pre = PreprocessConfig(window=tuple(facts.get("window") or config.window), spacing=tuple(facts.get("spacing") or config.spacing),
-                           patch=(1, 1, 1))
+                           orientation=facts.get("orientation", config.orientation), patch=(1, 1, 1))
 
     names = list(facts.get("class_names") or config_class_names(config) or ("absent", "present"))
 
@@ -269,7 +271,7 @@ def _classification_kit(config: ClassificationConfig, facts: dict[str, Any], tra
     augmentation = intensity_augmentation(pre, dims)
     augmentation.set_random_state(seed=config.seed)
     facts = {**facts, "class_names": names, "structure": structure, "spatial_dims": dims, "size": size, "window": list(pre.window),
-             "spacing": list(pre.spacing)}
+             "spacing": list(pre.spacing), "orientation": pre.orientation}
     return Prepared(_loader(ClassificationSamples(train_samples, augmentation), config.batch_size, train=True, seed=config.seed),
                     _loader(ClassificationSamples(eval_samples), config.batch_size, train=False, seed=config.seed),
                     ClassificationTask(names), facts, [])
@@ -312,6 +314,9 @@ def _run(config: MedicalConfig) -> dict[str, Any]:
     train, held_out = split_records(config, records)
     if base_path is not None:
         model, spec, facts, base_sha = load_checkpoint(base_path)
+        # bases of this pipeline always trained in RAS; those of scalpel.medical.adapt.save_base
+        # (key "unet", before they recorded it) on each series' stored grid
+        facts.setdefault("orientation", "" if "unet" in facts else "RAS")
         facts.pop("network", None)
         facts.pop("unet", None)
         # a base from scalpel.medical.adapt.save_base records no task: it is a segmentation UNet
@@ -526,7 +531,8 @@ def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> li
 
     model, extra = load_adapted(adapter_dir)
     segmentation = extra["task"] == "medical.segmentation"
-    pre = PreprocessConfig(window=tuple(extra["window"]), spacing=tuple(extra.get("spacing") or ()), patch=(1, 1, 1))
+    pre = PreprocessConfig(window=tuple(extra["window"]), spacing=tuple(extra.get("spacing") or ()),
+                           orientation=extra.get("orientation", "RAS"), patch=(1, 1, 1))
     # the chain of training, less its last step (plain tensors): the image keeps its affine for the mask
     chain = Compose(preprocessing(pre, keys=("image",))[:-1])
     rows = []

@@ -9,8 +9,10 @@
     find_site_adapters("base/", "runs/")                   # every site adapter trained on this base
 
 Input normalisation is the base's own (:class:`~scalpel.medical.adapt.BaseSpec`: HU window,
-patch); inference is :class:`~scalpel.medical.segmentation.SegmentationTask`'s sliding window
-with Gaussian blending. The series is used on its own grid (never resampled), like training.
+patch, grid); inference is :class:`~scalpel.medical.segmentation.SegmentationTask`'s sliding
+window with Gaussian blending. A base with a ``spacing``/``orientation`` sees the series on
+that grid, as in training, and its class probabilities are resampled back onto the series'
+own grid before the argmax; otherwise the series is used voxel for voxel.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from scalpel.medical.adapt import BaseSpec, load_base
 from scalpel.medical.dicom import load_series, scan_folder
 from scalpel.medical.dicom.pixels import modality_values
 from scalpel.medical.dicom.scan import slice_normal
+from scalpel.medical.dicom.volume import LPS_TO_RAS
 from scalpel.medical.dicom.seg import AlgorithmInfo, build_seg
 from scalpel.medical.segmentation import SegmentationTask
 from scalpel.medical.site import normalise_hu
@@ -52,6 +55,8 @@ class SeriesInput:
     """the slices' headers in Z order (what a DICOM SEG references)"""
     series_uid: str = ""
     problems: list[str] = field(default_factory=list)
+    affine: torch.Tensor | None = None
+    """(4, 4) voxel -> RAS mm of ``hu``'s grid (what resampling to a base's grid needs)"""
 
 
 def read_series(source: str | os.PathLike | Sequence[Dataset], *, series_uid: str | None = None) -> SeriesInput:
@@ -84,7 +89,7 @@ def read_series(source: str | os.PathLike | Sequence[Dataset], *, series_uid: st
     if len({p.shape for p in planes}) > 1:
         raise DataError(f"the slices have different sizes {sorted({p.shape for p in planes})}; give one series")
     hu = torch.from_numpy(np.stack(planes).transpose(2, 1, 0).copy())  # (Z, rows, cols) -> (X, Y, Z)
-    return SeriesInput(hu, ordered, uids.pop())
+    return SeriesInput(hu, ordered, uids.pop(), affine=_ras_affine(ordered))
 
 
 def _series_from_folder(path: Path, series_uid: str | None) -> SeriesInput:
@@ -105,7 +110,8 @@ def _series_from_folder(path: Path, series_uid: str | None) -> SeriesInput:
     volume = load_series(series)
     by_uid = {f.sop_uid: f.path for f in series.files}
     headers = [pydicom.dcmread(by_uid[uid], stop_before_pixels=True) for uid in volume.meta["sop_instance_uids"]]
-    return SeriesInput(volume.as_tensor()[0].float(), headers, series.series_uid, list(volume.meta.get("problems", [])))
+    return SeriesInput(volume.as_tensor()[0].float(), headers, series.series_uid, list(volume.meta.get("problems", [])),
+                       torch.as_tensor(volume.affine, dtype=torch.float64))
 
 
 def _sorted_slices(datasets: list[Dataset]) -> list[Dataset]:
@@ -119,29 +125,67 @@ def _sorted_slices(datasets: list[Dataset]) -> list[Dataset]:
     return sorted(datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])))
 
 
-def predict_labels(model: nn.Module, spec: BaseSpec, hu: torch.Tensor) -> np.ndarray:
+def _ras_affine(datasets: list[Dataset]) -> torch.Tensor:
+    """Voxel ``(column, row, slice)`` -> RAS mm of slices sorted along their normal (DICOM PS3.3 C.7.6.2.1.1)."""
+    first = datasets[0]
+    orientation = np.array([float(v) for v in first.ImageOrientationPatient])
+    row_spacing, column_spacing = (float(v) for v in first.get("PixelSpacing", (1.0, 1.0)))
+    origin = np.array([float(v) for v in first.ImagePositionPatient])
+    if len(datasets) > 1:
+        step = (np.array([float(v) for v in datasets[-1].ImagePositionPatient]) - origin) / (len(datasets) - 1)
+    else:
+        step = slice_normal(orientation) * float(first.get("SliceThickness", 1.0) or 1.0)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = orientation[:3] * column_spacing, orientation[3:] * row_spacing, step, origin
+    return torch.as_tensor(LPS_TO_RAS @ lps)
+
+
+def predict_labels(model: nn.Module, spec: BaseSpec, hu: torch.Tensor, affine: torch.Tensor | None = None) -> np.ndarray:
     """``(X, Y, Z)`` HU -> ``(X, Y, Z)`` uint8 label map (argmax), by sliding-window inference.
 
-    A 2-D base predicts slice by slice (Z as the batch).
+    A 2-D base predicts slice by slice (Z as the batch). A base with a ``spacing`` or
+    ``orientation`` predicts on that grid (``affine``, voxel -> RAS mm, places ``hu``); its
+    class probabilities are resampled back (trilinear) onto ``hu``'s grid before the argmax.
 
     Raises:
-        DataError: the series is smaller than the base's patch (``X x Y`` for a 2-D base).
+        DataError: the series is smaller than the base's patch (``X x Y`` for a 2-D base,
+            after resampling), or the base needs a grid and ``affine`` is missing.
     """
-    size = tuple(hu.shape[: len(spec.patch)])
-    if hu.dim() != 3 or any(s < p for s, p in zip(size, spec.patch, strict=True)):
-        raise DataError(f"the series is {'x'.join(map(str, hu.shape))} voxels, smaller than the base's "
+    from monai.data import MetaTensor
+
+    from scalpel.medical.site import from_grid, to_grid
+
+    if hu.dim() != 3:
+        raise DataError(f"a series is an (X, Y, Z) volume, got shape {tuple(hu.shape)}")
+    resample = bool(spec.spacing or spec.orientation)
+    if resample and affine is None:
+        raise DataError(f"the base expects a {spec.orientation or 'stored'} grid at {spec.spacing or 'native'} mm, but the "
+                        "series has no affine to resample it; read it with read_series (which records its geometry)")
+    image = normalise_hu(hu.float(), spec.window)
+    if resample:
+        image = to_grid(MetaTensor(image[None], affine=torch.as_tensor(affine, dtype=torch.float64)), **spec.grid)
+    else:
+        image = image[None]
+    size = tuple(image.shape[1 : 1 + len(spec.patch)])
+    if any(s < p for s, p in zip(size, spec.patch, strict=True)):
+        resampled = " (on the base's grid)" if resample else ""
+        raise DataError(f"the series is {'x'.join(map(str, image.shape[1:]))} voxels{resampled}, smaller than the base's "
                         f"{'x'.join(map(str, spec.patch))} patch; this base cannot segment it (use a larger series or a base "
                         "trained with a smaller patch)")
     task = SegmentationTask(spec.structures, spec.patch, hd95=False)
     device = next(model.parameters()).device
-    image = normalise_hu(hu.float(), spec.window).to(device)
     model.eval()
+    pixels = torch.as_tensor(image).to(device)
     if spec.unet.spatial_dims == 2:
-        out = task.predict(model, image.permute(2, 0, 1)[:, None])  # (Z, 1, X, Y)
-        labels = out[:, 0].permute(1, 2, 0)
+        logits = task.logits(model, pixels.permute(3, 0, 1, 2))  # (Z, classes, X, Y)
+        logits = logits.permute(1, 2, 3, 0)
     else:
-        labels = task.predict(model, image[None, None])[0, 0]
-    return labels.to(torch.uint8).cpu().numpy()
+        logits = task.logits(model, pixels[None])[0]  # (classes, X, Y, Z)
+    if not resample:
+        return logits.argmax(0).to(torch.uint8).cpu().numpy()
+    probabilities = MetaTensor(logits.softmax(0).float().cpu(), affine=image.affine)
+    back = from_grid(probabilities, affine, hu.shape)
+    return back.argmax(0).to(torch.uint8).numpy()
 
 
 def adapter_fingerprint(adapter_dir: str | os.PathLike) -> str:
@@ -212,7 +256,7 @@ class SiteAdapters:
         """Label map ``(X, Y, Z)`` uint8 of ``series`` with ``adapter_dir`` (default: the active one)."""
         if adapter_dir is not None:
             self.use(adapter_dir)
-        return predict_labels(self.model, self.spec, series.hu)
+        return predict_labels(self.model, self.spec, series.hu, series.affine)
 
     def algorithm(self) -> AlgorithmInfo:
         """Name, version and adapter identity of the active model, for the SEG."""

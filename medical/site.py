@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from torch import Tensor
@@ -68,18 +69,51 @@ def ingest_site(site: str | os.PathLike, run_dir: str | os.PathLike, *, deidenti
     return target
 
 
+def to_grid(volume: MetaTensor, spacing: Sequence[float] = (), orientation: str = "", *, mode: str = "bilinear") -> MetaTensor:
+    """``volume`` ``(C, X, Y, Z)`` reoriented to ``orientation`` (axis codes, e.g. ``"RAS"``) and
+    resampled to ``spacing`` (mm per axis, after reorienting); returned as is when both are empty.
+
+    ``mode``: ``"bilinear"`` for images and probabilities, ``"nearest"`` for label maps.
+    """
+    from monai.transforms import Orientation, Spacing
+
+    from scalpel.medical.transforms import RAS_LABELS
+
+    if orientation:
+        volume = Orientation(axcodes=orientation, labels=RAS_LABELS)(volume)
+    if spacing:
+        volume = Spacing(pixdim=tuple(float(s) for s in spacing), mode=mode)(volume)
+    return volume
+
+
+def from_grid(volume: MetaTensor, affine: Tensor | np.ndarray, shape: Sequence[int], *, mode: str = "bilinear") -> Tensor:
+    """Undo :func:`to_grid`: resample ``volume`` (with its own affine) onto the grid ``affine`` /
+    ``shape`` (a series' own, RAS affine); a plain ``(C, *shape)`` tensor."""
+    from monai.transforms import SpatialResample
+
+    back = SpatialResample(mode=mode)(volume, dst_affine=torch.as_tensor(affine, dtype=torch.float64), spatial_size=tuple(shape))
+    return back.as_tensor() if isinstance(back, MetaTensor) else back
+
+
 def load_cases(
     series_root: str | os.PathLike,
     labels_dir: str | os.PathLike,
     *,
     window: Sequence[float],
     min_size: Sequence[int],
+    spacing: Sequence[float] = (),
+    orientation: str = "",
 ) -> tuple[list[Case], list[str]]:
     """Load every ``series_root/<case>`` with its label; return the cases and why others were skipped.
 
+    Each label is checked on its series' own grid first; then, when ``spacing`` or
+    ``orientation`` is given (a base's, see :func:`to_grid`), image (bilinear) and label
+    (nearest) are moved together onto that grid. A 2-size ``min_size`` (a 2-D base's axial
+    patch) checks the in-plane axes only.
+
     Raises:
         DataError: a label does not match its series' geometry, a series is smaller than
-            ``min_size`` (the training patch), or no case is usable at all.
+            ``min_size`` (the training patch, after resampling), or no case is usable at all.
     """
     cases, skipped = [], []
     labels_dir = Path(labels_dir)
@@ -98,17 +132,21 @@ def load_cases(
         except ScalpelError as err:
             skipped.append(f"{folder.name}: {err}")
             continue
-        size = tuple(image.shape[1:])
-        if any(s < m for s, m in zip(size, min_size, strict=True)):
-            raise DataError(f"case {folder.name}: the series is {'x'.join(map(str, size))} voxels, smaller than the "
-                            f"{'x'.join(map(str, min_size))} patch; use a smaller --patch or drop this case")
         try:
             label = load_label(label_path, image)
         except DataError as err:
             raise DataError(f"case {folder.name}: the label {label_path.name} does not match the image geometry: {err}. "
                             "Export the label on the series' own grid") from err
-        spacing = tuple(float(v) for v in image.meta.get("spacing", (1.0, 1.0, 1.0)))
-        cases.append(Case(folder.name, normalise_hu(image.as_tensor().float(), window), label.as_tensor().long(), spacing))
+        if spacing or orientation:
+            image = to_grid(image.float(), spacing, orientation)
+            label = to_grid(label.float(), spacing, orientation, mode="nearest").round().long()
+        size = tuple(image.shape[1:])
+        if any(s < m for s, m in zip(size, min_size, strict=False)):
+            resampled = f" (resampled to {'x'.join(f'{v:g}' for v in spacing)} mm)" if spacing else ""
+            raise DataError(f"case {folder.name}: the series is {'x'.join(map(str, size))} voxels{resampled}, smaller than the "
+                            f"{'x'.join(map(str, min_size))} patch; use a smaller --patch or drop this case")
+        voxel = tuple(float(v) for v in torch.as_tensor(image.affine, dtype=torch.float64)[:3, :3].norm(dim=0))
+        cases.append(Case(folder.name, normalise_hu(image.as_tensor().float(), window), label.as_tensor().long(), voxel))
     if not cases:
         why = "; ".join(skipped) or "no case folders"
         raise DataError(f"no usable series with a label in {series_root}: {why}")
@@ -128,7 +166,8 @@ class PatchBatches:
     """Random ``patch``-sized crops of training cases, ``batches`` per epoch (re-iterable, seeded).
 
     Yields ``{"image": (B, 1, *patch), "label": (B, 1, *patch)}``; each epoch draws new crops
-    and random flips along every axis (the same for image and label).
+    and random flips along every axis (the same for image and label). A 2-size ``patch`` (a
+    2-D network) crops one axial slice of a random ``Z``: ``(B, 1, X, Y)`` patches.
     """
 
     def __init__(self, cases: list[Case], patch: Sequence[int], *, batch_size: int = 2, batches: int = 4, seed: int = 0):
@@ -145,9 +184,13 @@ class PatchBatches:
             images, labels = [], []
             for _ in range(self.batch_size):
                 case = self.cases[int(torch.randint(len(self.cases), (1,), generator=g))]
-                start = [int(torch.randint(s - p + 1, (1,), generator=g)) for s, p in zip(case.image.shape[1:], self.patch, strict=True)]
+                image, label = case.image, case.label
+                if len(self.patch) == 2 and image.dim() == 4:  # a 2-D network: one axial slice
+                    z = int(torch.randint(image.shape[-1], (1,), generator=g))
+                    image, label = image[..., z], label[..., z]
+                start = [int(torch.randint(s - p + 1, (1,), generator=g)) for s, p in zip(image.shape[1:], self.patch, strict=True)]
                 region = (slice(None), *(slice(a, a + p) for a, p in zip(start, self.patch, strict=True)))
-                image, label = case.image[region], case.label[region]
+                image, label = image[region], label[region]
                 flips = [d + 1 for d in range(len(self.patch)) if torch.rand(1, generator=g) < 0.5]
                 if flips:
                     image, label = image.flip(flips), label.flip(flips)

@@ -39,7 +39,7 @@ from scalpel.core.errors import DataError, ScalpelError
 
 KEYS = ("image", "label")
 #: Orientationd's axis labels, given explicitly (MONAI warns that its default will change)
-_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def preprocessing(config: PreprocessConfig, *, load: bool = True, keys: Sequence
 
     steps: list[Any] = [LoadDicomSeriesd()] if load else []
     if config.orientation:
-        steps.append(Orientationd(list(keys), axcodes=config.orientation, labels=_RAS_LABELS, allow_missing_keys=True))
+        steps.append(Orientationd(list(keys), axcodes=config.orientation, labels=RAS_LABELS, allow_missing_keys=True))
     if config.spacing:
         modes = ["bilinear" if k == "image" else "nearest" for k in keys]
         steps.append(Spacingd(list(keys), pixdim=tuple(config.spacing), mode=modes, allow_missing_keys=True))

@@ -111,3 +111,42 @@ def test_kfold_evaluation_scores_every_case_once_and_trains_the_final_adapter_on
         kfold_cases(list(range(3)), 4, 0)
     with pytest.raises(ConfigError, match="folds"):
         AdaptOptions(folds=1)
+
+
+def test_a_base_with_its_own_grid_trains_and_scores_on_it_and_predicts_on_the_series_grid(sites, tmp_path):
+    from scalpel.medical.adapt import load_base
+    from scalpel.medical.predict import SiteAdapters, read_series
+    from scalpel.medical.site import load_cases
+
+    spec = BaseSpec(SPEC.unet, STRUCTURES, patch=(16, 16, 16), spacing=(0.8, 0.8, 2.0), orientation="RAS")
+    train_base(sites / "A", tmp_path / "base", spec, steps=2)
+    assert load_base(tmp_path / "base")[1] == spec
+    cases, _ = load_cases(sites / "B" / "dicom", sites / "B" / "labels", window=spec.window, min_size=spec.patch, **spec.grid)
+    assert all(c.spacing == pytest.approx((0.8, 0.8, 2.0)) for c in cases)
+    assert cases[0].image.shape == (1, 16, 16, 20) == cases[0].label.shape  # B: 0.8 x 0.8 x 2.5 mm, 16 slices
+    assert set(cases[0].label.unique().tolist()) == {0, 1, 2}  # nearest-neighbour labels stay labels
+    summary = adapt_site(tmp_path / "base", sites / "B", tmp_path / "run", AdaptOptions(steps=2, deidentify=False))
+    series = read_series(sites / "B" / "dicom" / "B000")
+    labels = SiteAdapters(tmp_path / "base").predict(series, summary["adapter_dir"])
+    assert labels.shape == tuple(series.hu.shape)  # back on the series' own grid, ready for a SEG
+
+    coarse = BaseSpec(SPEC.unet, STRUCTURES, patch=(16, 16, 16), spacing=(2.0, 2.0, 2.0))
+    with pytest.raises(DataError, match=r"resampled to 2x2x2 mm\), smaller than the 16x16x16 patch"):
+        load_cases(sites / "B" / "dicom", sites / "B" / "labels", window=coarse.window, min_size=coarse.patch, **coarse.grid)
+    with pytest.raises(ConfigError, match="orientation") as err:
+        BaseSpec(SPEC.unet, STRUCTURES, patch=(16, 16, 16), spacing=(1.0, 1.0), orientation="XYZ")
+    assert "spacing" in str(err.value)
+
+
+def test_a_2d_base_adapts_on_axial_slices(sites, tmp_path):
+    from scalpel.medical.site import PatchBatches, load_cases
+
+    spec = BaseSpec(UNetSpec(spatial_dims=2, out_channels=3, channels=(4, 8), strides=(2,)), STRUCTURES, patch=(16, 16))
+    train_base(sites / "A", tmp_path / "base", spec, steps=2)
+    cases, _ = load_cases(sites / "B" / "dicom", sites / "B" / "labels", window=spec.window, min_size=spec.patch)
+    batch = next(iter(PatchBatches(cases, spec.patch, batch_size=3)))
+    assert batch["image"].shape == (3, 1, 16, 16) == batch["label"].shape
+    summary = adapt_site(tmp_path / "base", sites / "B", tmp_path / "run", AdaptOptions(method="lora", steps=2, deidentify=False))
+    assert 0 <= summary["adapted"]["dice"] <= 1 and summary["trainable"] < summary["total"]
+    model = load_site_adapter(tmp_path / "base", summary["adapter_dir"])
+    assert any("lora_A" in n for n, _ in model.named_parameters())

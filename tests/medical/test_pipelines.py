@@ -205,5 +205,34 @@ def test_a_base_written_by_site_adaptation_is_adapted_by_the_pipeline(user_site,
                  "--steps", "2", "--output-dir", str(run)]) == 0
     extra = read_adapter_meta(run / "adapter")["extra"]
     assert extra["structures"] == list(STRUCTURES) and extra["patch"] == [16, 16, 16]
+    assert extra["orientation"] == ""  # the site base was trained on each series' stored grid, and stays so
     model, _ = load_adapted(run / "adapter")
     assert type(model).__name__ == "UNet"
+
+
+def test_a_pipeline_base_is_adapted_to_a_site_and_predicts_a_seg(user_site, tmp_path):
+    from scalpel.core.errors import AdapterError
+    from scalpel.medical.adapt import AdaptOptions, BaseSpec, adapt_site, load_base
+    from scalpel.medical.predict import SiteAdapters, read_series
+    from scalpel.medical.synthetic import STRUCTURES
+
+    root, cases = user_site
+    base = tmp_path / "base"
+    assert _run(["medical.segmentation", "--data", str(root), "--method", "full", "--structures", *STRUCTURES,
+                 "--patch", "16", "16", "16", "--network-options", "{channels: [4, 8], strides: [2]}", "--steps", "2",
+                 "--output-dir", str(tmp_path / "train")]) == 0
+    model, extra = load_adapted(tmp_path / "train" / "adapter")
+    assert extra["orientation"] == "RAS" and BaseSpec.from_dict(extra).orientation == "RAS"
+    network = NetworkSpec.from_dict(extra["network"])
+    # a base as the pipeline saved them before recording the orientation: trained in RAS all the same
+    save_checkpoint(model, network, base, **{k: extra[k] for k in ("task", "structures", "window", "patch")})
+    assert load_base(base)[1].orientation == "RAS"
+    summary = adapt_site(base, root, tmp_path / "site", AdaptOptions(method="lora", steps=1, deidentify=False))
+    assert 0 <= summary["adapted"]["dice"] <= 1
+    labels = SiteAdapters(base).predict(read_series(cases[0].series_dir), summary["adapter_dir"])
+    assert labels.shape == cases[0].label.shape
+
+    save_checkpoint(model, network, tmp_path / "cls", task="medical.classification",
+                    class_names=["absent", "present"], window=[0, 1], size=16)
+    with pytest.raises(AdapterError, match="not a segmentation base.*medical.classification"):
+        load_base(tmp_path / "cls")

@@ -178,3 +178,50 @@ def test_a_2d_base_predicts_slice_by_slice_on_the_series_grid():
     np.testing.assert_array_equal(labels[:, :, 2], one_slice[:, :, 0])  # slices are independent
     with pytest.raises(DataError, match="smaller"):
         predict_labels(model, spec, hu[:12])
+
+
+class NearestIntensity(torch.nn.Module):
+    """Logits of a per-voxel rule (the class whose intensity centre is nearest): what a network would
+    predict, with none of its blur, so resampling is all that moves a label."""
+
+    def __init__(self, centres):
+        super().__init__()
+        self.centres = torch.nn.Parameter(torch.tensor(centres))
+
+    def forward(self, x):
+        return -50.0 * (x - self.centres.view(1, -1, *[1] * (x.dim() - 2))) ** 2
+
+
+def test_a_base_with_its_own_grid_predicts_back_on_the_series_grid():
+    hu = torch.zeros(40, 36, 20)
+    hu[4:16, 20:32, 2:8] = 300.0  # two boxes off the centre: a wrong flip or axis order would misplace them
+    hu[24:36, 4:14, 9:16] = 500.0
+    rule = torch.tensor([0.25, 0.625, 0.875])  # 0, 300, 500 HU in the (-200, 600) window
+    expected = (normalise_hu(hu, (-200, 600))[..., None] - rule).abs().argmin(-1).numpy()
+    lps = np.diag([0.8, 0.8, 2.5, 1.0])  # stored as the synthetic scanner B: LPS axes
+    lps[:3, 3] = (-16.0, -14.4, 30.0)
+    affine = torch.as_tensor(np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps)
+    model = NearestIntensity(rule.tolist())
+    native = BaseSpec(SPEC.unet, STRUCTURES, patch=(16, 16, 16))
+    np.testing.assert_array_equal(predict_labels(model, native, hu), expected)  # own grid: exactly the rule
+    for spacing, orientation in (((1.5, 1.5, 1.5), "RAS"), ((), "RAS"), ((0.6, 0.6, 2.0), "")):
+        spec = BaseSpec(SPEC.unet, STRUCTURES, patch=(16, 16, 16), spacing=spacing, orientation=orientation)
+        labels = predict_labels(model, spec, hu, affine)
+        assert labels.shape == tuple(hu.shape)
+        for k in (1, 2):  # each box found where it is: only voxels on its faces may change
+            overlap = np.logical_and(labels == k, expected == k).sum() / (expected == k).sum()
+            assert overlap > (0.999 if not spacing else 0.7), (spacing, orientation, k, overlap)
+            assert abs((labels == k).sum() / (expected == k).sum() - 1) < 0.35
+    with pytest.raises(DataError, match="no affine"):
+        predict_labels(model, spec, hu)
+    coarse = BaseSpec(SPEC.unet, STRUCTURES, patch=(16, 16, 16), spacing=(4.0, 4.0, 4.0))
+    with pytest.raises(DataError, match="on the base's grid.*smaller than"):
+        predict_labels(model, coarse, hu, affine)
+
+
+def test_series_read_from_a_folder_or_from_datasets_have_the_same_geometry(world):
+    folder = read_series(world["new"].series_dir)
+    datasets = [pydicom.dcmread(p) for p in sorted(world["new"].series_dir.glob("*.dcm"), reverse=True)]
+    uploaded = read_series(datasets)
+    torch.testing.assert_close(uploaded.affine, folder.affine)
+    torch.testing.assert_close(uploaded.hu, folder.hu)
