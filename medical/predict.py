@@ -57,6 +57,8 @@ class SeriesInput:
     problems: list[str] = field(default_factory=list)
     affine: torch.Tensor | None = None
     """(4, 4) voxel -> RAS mm of ``hu``'s grid (what resampling to a base's grid needs)"""
+    frame_order: list[int] | None = None
+    """one multi-frame image (Enhanced CT/MR): the frame of ``datasets[0]`` that each slice ``Z`` is"""
 
 
 def read_series(source: str | os.PathLike | Sequence[Dataset], *, series_uid: str | None = None) -> SeriesInput:
@@ -67,8 +69,9 @@ def read_series(source: str | os.PathLike | Sequence[Dataset], *, series_uid: st
         series_uid: which series when the folder holds several.
 
     Raises:
-        DataError: no usable image series, several without ``series_uid``, multi-frame
-            images, or slices without the geometry (position, orientation) a SEG needs.
+        DataError: no usable image series, several without ``series_uid``, several multi-frame
+            images in one series (or one in memory: read it from its file), or slices without
+            the geometry (position, orientation) a SEG needs.
     """
     if isinstance(source, (str, os.PathLike)):
         return _series_from_folder(Path(source), series_uid)
@@ -105,13 +108,20 @@ def _series_from_folder(path: Path, series_uid: str | None) -> SeriesInput:
         listing = "; ".join(f"{s.series_uid} ({s.modality}, {len(s.files)} files)" for s in images)
         raise DataError(f"{path} holds {len(images)} image series: {listing}; choose one with --series UID")
     series = images[0]
-    if any(f.frames > 1 for f in series.files):
-        raise DataError(f"series {series.series_uid} has multi-frame images; prediction to DICOM SEG needs single-frame slices")
+    multi_frame = any(f.frames > 1 for f in series.files)
+    if multi_frame and len(series.files) > 1:
+        raise DataError(f"series {series.series_uid} has {len(series.files)} images of several frames each; a DICOM SEG "
+                        "references one multi-frame image or single-frame slices: give one of its images' folders")
     volume = load_series(series)
-    by_uid = {f.sop_uid: f.path for f in series.files}
-    headers = [pydicom.dcmread(by_uid[uid], stop_before_pixels=True) for uid in volume.meta["sop_instance_uids"]]
+    if multi_frame:
+        headers = [pydicom.dcmread(series.files[0].path, stop_before_pixels=True)]
+        frame_order = [int(i) for i in volume.meta["frame_indices"]]
+    else:
+        by_uid = {f.sop_uid: f.path for f in series.files}
+        headers = [pydicom.dcmread(by_uid[uid], stop_before_pixels=True) for uid in volume.meta["sop_instance_uids"]]
+        frame_order = None
     return SeriesInput(volume.as_tensor()[0].float(), headers, series.series_uid, list(volume.meta.get("problems", [])),
-                       torch.as_tensor(volume.affine, dtype=torch.float64))
+                       torch.as_tensor(volume.affine, dtype=torch.float64), frame_order)
 
 
 def _sorted_slices(datasets: list[Dataset]) -> list[Dataset]:
@@ -120,7 +130,8 @@ def _sorted_slices(datasets: list[Dataset]) -> list[Dataset]:
         raise DataError("slices without ImagePositionPatient/ImageOrientationPatient: their order and geometry are "
                         "unknown, so no DICOM SEG can reference them; give a series with patient geometry")
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
-        raise DataError("multi-frame images are not supported for prediction; give single-frame slices")
+        raise DataError("a multi-frame image in memory is not read here; save it and give its folder to "
+                        "read_series (or `scalpel medical predict`), or give single-frame slices")
     normal = slice_normal([float(v) for v in orientation])
     return sorted(datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])))
 
@@ -271,7 +282,7 @@ class SiteAdapters:
 
     def seg(self, series: SeriesInput, labels: np.ndarray):
         """A ``highdicom.seg.Segmentation`` of ``labels`` referencing ``series``, naming the active adapter."""
-        return build_seg(labels, series.datasets, self.spec.structures, self.algorithm())
+        return build_seg(labels, series.datasets, self.spec.structures, self.algorithm(), frame_order=series.frame_order)
 
     def _restore_base(self) -> None:
         state = self.model.state_dict()

@@ -93,8 +93,30 @@ def _seg_on_grid(path: Path, reference: MetaTensor, atol: float) -> np.ndarray:
     volume = seg.get_volume(combine_segments=True)  # array (slices, rows, cols), affine LPS of those indices
     array = np.asarray(volume.array).transpose(2, 1, 0)
     lps = np.asarray(volume.affine, dtype=np.float64)[:, [2, 1, 0, 3]]
-    _check_grid(path, array.shape, LPS_TO_RAS @ lps, reference, atol)
+    # highdicom picks its own slice direction (and the frames of a multi-frame source need not be
+    # stored in slice order): the same voxels with axes flipped or swapped are put in the image's order
+    array, ras = _axes_like(array, LPS_TO_RAS @ lps, np.asarray(reference.affine, dtype=np.float64))
+    _check_grid(path, array.shape, ras, reference, atol)
     return array
+
+
+def _axes_like(array: np.ndarray, affine: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``array`` with its axes permuted and flipped into ``reference``'s order when its grid is the
+    same one indexed differently (no interpolation); otherwise unchanged."""
+    mapping = np.linalg.solve(reference, affine)[:3, :3]  # array index -> reference index (linear part)
+    signed = np.round(mapping)
+    if not np.allclose(mapping, signed, atol=1e-3) or not np.array_equal(np.abs(signed).sum(0), np.ones(3)) \
+            or not np.array_equal(np.abs(signed).sum(1), np.ones(3)):
+        return array, affine
+    source_axis = np.abs(signed).argmax(1)  # for each reference axis, the array axis that runs along it
+    sign = signed[np.arange(3), source_axis]
+    aligned = array.transpose(*source_axis)
+    new = affine.copy()
+    new[:, :3] = affine[:, source_axis] * sign
+    for axis in np.flatnonzero(sign < 0):
+        aligned = np.flip(aligned, axis)
+        new[:3, 3] += affine[:3, source_axis[axis]] * (array.shape[source_axis[axis]] - 1)
+    return np.ascontiguousarray(aligned), new
 
 
 def _check_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray, reference: MetaTensor, atol: float) -> None:

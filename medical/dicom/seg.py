@@ -63,8 +63,10 @@ def build_seg(
     *,
     series_number: int = 901,
     manufacturer: str = "Scalpel",
+    frame_order: Sequence[int] | None = None,
 ):
-    """Make a ``highdicom.seg.Segmentation`` of ``labels`` on the single-frame images ``source``.
+    """Make a ``highdicom.seg.Segmentation`` of ``labels`` on the images ``source``: single-frame
+    slices, or one multi-frame image (Enhanced CT/MR) with ``frame_order``.
 
     Args:
         labels: ``(X, Y, Z)`` integer label map (0 = background, ``k`` = ``structures[k - 1]``) on
@@ -73,16 +75,22 @@ def build_seg(
         source: the series' image datasets (pixel data may be absent), sorted along the slice normal.
         structures: one name per foreground label value.
         algorithm: name, version and adapter identity recorded in the SEG.
+        frame_order: for a multi-frame ``source``, the source frame (0-based) of each label slice
+            ``Z`` (``load_series(...).meta["frame_indices"]``); default: stored frame order.
 
     Raises:
         DataError: the label map does not fit the source images, holds values above the number
-            of structures, or the source images are not one single-frame series.
+            of structures, or the source images are not one series (of single-frame slices or
+            one multi-frame image).
     """
     import highdicom as hd
 
     labels = np.asarray(labels)
-    _check(labels, source, structures)
-    frames = np.ascontiguousarray(labels.transpose(2, 1, 0)).astype(np.uint8)  # (Z, rows, cols) in source order
+    _check(labels, source, structures, frame_order)
+    frames = labels.transpose(2, 1, 0)  # (Z, rows, cols) in source order
+    if frame_order is not None:  # frame f of the source holds the label slice z with frame_order[z] == f
+        frames = frames[np.argsort(np.asarray(frame_order))]
+    frames = np.ascontiguousarray(frames).astype(np.uint8)
     identification = hd.AlgorithmIdentificationSequence(
         name=algorithm.name, family=_codes().cid7162.ArtificialIntelligence, version=algorithm.version,
         source="scalpel", parameters=algorithm.parameters() or None,
@@ -166,14 +174,22 @@ def _codes():
     return codes
 
 
-def _check(labels: np.ndarray, source: Sequence[Dataset], structures: Sequence[str]) -> None:
+def _check(labels: np.ndarray, source: Sequence[Dataset], structures: Sequence[str], frame_order: Sequence[int] | None) -> None:
     problems = []
     if not source:
         raise DataError("no source images to reference: give the series' datasets in slice order")
+    frames = [int(ds.get("NumberOfFrames", 1) or 1) for ds in source]
+    multi_frame = len(source) == 1 and frames[0] > 1
+    if max(frames) > 1 and not multi_frame:
+        problems.append("the source mixes several images with several frames each; give one multi-frame image or single-frame slices")
+    slices = frames[0] if multi_frame else len(source)
+    if frame_order is not None and sorted(int(f) for f in frame_order) != list(range(slices)):
+        problems.append(f"frame_order must list each of the {slices} source frames once, got {list(frame_order)[:8]}")
     if labels.ndim != 3:
         problems.append(f"labels must be (X, Y, Z), got shape {labels.shape}")
-    elif labels.shape != (int(source[0].Columns), int(source[0].Rows), len(source)):
-        problems.append(f"labels {labels.shape} do not fit {len(source)} images of {source[0].Columns} columns x "
+    elif labels.shape != (int(source[0].Columns), int(source[0].Rows), slices):
+        what = f"{slices} frames" if multi_frame else f"{slices} images"
+        problems.append(f"labels {labels.shape} do not fit {what} of {source[0].Columns} columns x "
                         f"{source[0].Rows} rows (expected (columns, rows, slices))")
     if np.issubdtype(labels.dtype, np.floating) and not np.all(np.mod(labels, 1) == 0):
         problems.append("labels must be integers (argmax of the network output), not probabilities")
@@ -181,7 +197,5 @@ def _check(labels: np.ndarray, source: Sequence[Dataset], structures: Sequence[s
         problems.append(f"label values {int(labels.min())}..{int(labels.max())} but only {len(structures)} structure(s) named")
     if len({str(ds.get('SeriesInstanceUID', '')) for ds in source}) > 1:
         problems.append("the source images come from several series; a SEG references one series")
-    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in source):
-        problems.append("multi-frame source images are not supported here; give single-frame slices")
     if problems:
         raise DataError("cannot write the DICOM SEG: " + "; ".join(problems))

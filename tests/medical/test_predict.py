@@ -225,3 +225,40 @@ def test_series_read_from_a_folder_or_from_datasets_have_the_same_geometry(world
     uploaded = read_series(datasets)
     torch.testing.assert_close(uploaded.affine, folder.affine)
     torch.testing.assert_close(uploaded.hu, folder.hu)
+
+
+def test_an_enhanced_multiframe_series_predicts_to_a_seg_that_reads_back(tmp_path, capsys):
+    import json
+    import shutil
+
+    import highdicom as hd
+    from pydicom.data import get_testdata_file
+
+    from scalpel.core.cli import main
+
+    folder = tmp_path / "enhanced"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("eCT_Supplemental.dcm", download=False), folder / "ct.dcm")  # 2 frames, stored out of slice order
+    series = read_series(folder)
+    image = load_series(folder)
+    assert series.frame_order == image.meta["frame_indices"] == [1, 0] and len(series.datasets) == 1
+    labels = np.zeros(tuple(series.hu.shape), np.uint8)
+    labels[100:200, 50:120, 0], labels[10:40, 10:30, 1], labels[300:330, 300:310, 1] = 1, 1, 2  # different per slice
+    path = write_seg(build_seg(labels, series.datasets, STRUCTURES, AlgorithmInfo("x", "1"), frame_order=series.frame_order),
+                     tmp_path / "hand.dcm")
+    np.testing.assert_array_equal(load_label(path, image)[0].numpy(), labels)  # our loader, on the series grid
+    by_frame = hd.seg.segread(str(path)).get_pixels_by_source_frame(
+        source_sop_instance_uid=series.datasets[0].SOPInstanceUID, source_frame_numbers=[1, 2], combine_segments=True)
+    np.testing.assert_array_equal(by_frame[1].T, labels[:, :, 0])  # source frame 2 is the first slice along the normal
+    np.testing.assert_array_equal(by_frame[0].T, labels[:, :, 1])
+    with pytest.raises(DataError, match="frame_order must list each of the 2 source frames"):
+        build_seg(labels, series.datasets, STRUCTURES, AlgorithmInfo("x", "1"), frame_order=[0, 0])
+
+    spec = BaseSpec(UNetSpec(spatial_dims=2, out_channels=3, channels=(4, 8), strides=(2,)), STRUCTURES, patch=(64, 64))
+    torch.manual_seed(0)
+    save_base(spec.unet.build(), spec, tmp_path / "base")
+    out = tmp_path / "pred.dcm"
+    assert main(["medical", "predict", "--base", str(tmp_path / "base"), str(folder), "--seg-out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    back = load_label(out, image)[0].numpy()
+    assert back.shape == (512, 512, 2) and {int((back == k).sum()) for k in (1, 2)} == set(printed["voxels"].values())
