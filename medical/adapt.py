@@ -93,8 +93,9 @@ class BaseSpec:
         missing = [k for k in ("structures", "window", "patch") if k not in data]
         if task != "medical.segmentation" or missing or not (data.get("network") or data.get("unet")):
             why = f"a {task} model" if task != "medical.segmentation" else f"missing {', '.join(missing) or 'network'}"
-            raise AdapterError(f"model.json is not a segmentation base ({why}); site adaptation needs a base written by "
-                               "save_base or `scalpel run medical.segmentation`")
+            raise AdapterError(f"model.json is not a segmentation base ({why}); segmenting needs a base written by save_base "
+                               "or `scalpel run medical.segmentation` (a classification base's adapters are served by "
+                               "`scalpel predict ADAPTER SERIES_DIR`)")
         # the pipeline's bases record no orientation before it did: they were trained in RAS
         orientation = data.get("orientation", "RAS" if "unet" not in data else "")
         return cls(spec_from_dict(data.get("network") or data["unet"]), tuple(data["structures"]), tuple(data["window"]),
@@ -171,6 +172,10 @@ def adapt_site(base_dir: str | os.PathLike, site: str | os.PathLike, run_dir: st
                options: AdaptOptions | None = None) -> dict[str, Any]:
     """Adapt the base in ``base_dir`` to the labelled cases in ``site``; return the results.
 
+    A classification base (``model.json`` task ``medical.classification``) goes the same way
+    through :func:`scalpel.medical.site_classification.adapt_classifier` (AUC, sensitivity,
+    specificity and accuracy instead of Dice and HD95).
+
     With ``options.folds = K >= 2`` the cases are split into K folds by case: each fold is
     evaluated (base and adapted) with an adapter trained on the other folds, and the saved
     adapter is then trained on every case; its recorded metrics are the K-fold means.
@@ -188,6 +193,10 @@ def adapt_site(base_dir: str | os.PathLike, site: str | os.PathLike, run_dir: st
     """
     options = options or AdaptOptions()
     run_dir = Path(run_dir)
+    if _base_task(base_dir) == "medical.classification":
+        from scalpel.medical.site_classification import adapt_classifier
+
+        return adapt_classifier(base_dir, site, run_dir, options, base_fingerprint(base_dir))
     _, spec, base_sha = load_base(base_dir)
     series_root = ingest_site(site, run_dir, deidentify=options.deidentify)
     cases, skipped = load_cases(series_root, Path(site) / "labels", window=spec.window, min_size=spec.patch, **spec.grid)
@@ -225,6 +234,23 @@ def adapt_site(base_dir: str | os.PathLike, site: str | os.PathLike, run_dir: st
     summary["report"] = str(report)
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def base_fingerprint(base_dir: str | os.PathLike) -> str:
+    """SHA-256 of a base checkpoint's weights (what its adapters record as ``base_sha256``).
+
+    Raises:
+        AdapterError: no base checkpoint there.
+    """
+    weights = Path(base_dir) / WEIGHTS
+    if not weights.is_file() or not (Path(base_dir) / SPEC).is_file():
+        raise AdapterError(f"{base_dir} is not a base checkpoint: it needs {WEIGHTS} and {SPEC} (see save_base)")
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def _base_task(base_dir: str | os.PathLike) -> str:
+    path = Path(base_dir) / SPEC
+    return str(read_json(path).get("task", "medical.segmentation")) if path.is_file() else "medical.segmentation"
 
 
 def _train_adapter(base_dir: str | os.PathLike, train: list[Case], held_out: list[Case] | None, task: SegmentationTask,

@@ -16,12 +16,13 @@ from pathlib import Path
 def register(commands: argparse._SubParsersAction) -> None:
     from scalpel.medical.adapt import AdaptOptions
 
-    medical = commands.add_parser("medical", help="medical segmentation: site adaptation")
+    medical = commands.add_parser("medical", help="medical imaging: site adaptation, prediction to DICOM SEG")
     sub = medical.add_subparsers(dest="medical_command", metavar="ACTION", required=True)
     adapt = sub.add_parser(
         "adapt",
-        help="adapt a base segmentation checkpoint to a site's DICOM studies and labels",
-        description="SITE holds dicom/<case>/ series and labels/<case>.nii.gz. Writes RUN/adapter, RUN/report.md, RUN/summary.json.",
+        help="adapt a base segmentation or classification checkpoint to a site's DICOM studies and labels",
+        description="SITE holds dicom/<case>/ series and labels/<case>.nii.gz (or .dcm, a DICOM SEG); a classification base "
+                    "reads SITE/labels.csv (columns case,label) when present. Writes RUN/adapter, RUN/report.md, RUN/summary.json.",
     )
     adapt.add_argument("base", type=Path, help="base checkpoint folder (model.safetensors + model.json)")
     adapt.add_argument("site_dir", type=Path, metavar="site", help="site folder")
@@ -91,11 +92,12 @@ def _sites(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no site adapters for {args.base} under {args.runs}; make one with: scalpel medical adapt {args.base} SITE --out RUN")
     else:
-        print(f"{'site':<12} {'method':<10} {'dice':>6} {'trainable':>12} {'%':>7}  {'created':<25} adapter")
+        print(f"{'site':<12} {'method':<10} {'score':>10} {'trainable':>12} {'%':>7}  {'created':<25} adapter")
         for r in rows:
-            dice = f"{r['dice']:.3f}" if isinstance(r["dice"], (int, float)) else "?"
+            metric = "dice" if isinstance(r["dice"], (int, float)) else "auc"
+            dice = f"{metric} {r[metric]:.3f}" if isinstance(r[metric], (int, float)) else "?"
             share = f"{100 * r['trainable'] / r['total']:.2f}" if r["trainable"] and r["total"] else "?"
-            print(f"{r['site']:<12} {r['method']:<10} {dice:>6} {r['trainable'] or 0:>12,} {share:>7}  {r['created']:<25} {r['adapter_dir']}")
+            print(f"{r['site']:<12} {r['method']:<10} {dice:>10} {r['trainable'] or 0:>12,} {share:>7}  {r['created']:<25} {r['adapter_dir']}")
     if others:
         print(f"({others} site adapter(s) of other base checkpoints not listed)")
     return 0

@@ -207,8 +207,10 @@ def split_records(config: MedicalConfig, records: list[dict[str, str]]) -> tuple
 def _loader(dataset: Any, batch_size: int, *, train: bool, seed: int) -> torch.utils.data.DataLoader:
     from monai.data import list_data_collate
 
+    # a last training batch of one sample breaks BatchNorm in training mode: drop the remainder
+    drop_last = train and len(dataset) > batch_size
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train, collate_fn=list_data_collate,
-                                       generator=torch.Generator().manual_seed(seed))
+                                       generator=torch.Generator().manual_seed(seed), drop_last=drop_last)
 
 
 # ---------------------------------------------------------------------------------- kits
@@ -235,13 +237,13 @@ def _segmentation_kit(config: SegmentationConfig, facts: dict[str, Any], train: 
     train_transform = segmentation_transforms(pre, train=True)
     train_transform.set_random_state(seed=config.seed)
     train_set = cached_dataset(train, train_transform, cache=config.cache)
-    eval_set = cached_dataset(held_out, segmentation_transforms(pre, train=False), cache=config.cache)
+    eval_set = cached_dataset(held_out, segmentation_transforms(pre, train=False), cache=config.cache) if held_out else None
     structures = list(facts.get("structures") or config.structures)
     task = SegmentationTask(structures, patch, hd95=not config.quick)
     facts = {**facts, "structures": structures, "patch": list(patch), "window": list(pre.window), "spacing": list(pre.spacing),
              "orientation": pre.orientation}
     return Prepared(_loader(train_set, config.batch_size, train=True, seed=config.seed),
-                    _loader(eval_set, 1, train=False, seed=config.seed), task, facts, [])
+                    _loader(eval_set, 1, train=False, seed=config.seed) if held_out else None, task, facts, [])
 
 
 def _classification_kit(config: ClassificationConfig, facts: dict[str, Any], train: list, held_out: list) -> Prepared:
@@ -267,13 +269,13 @@ def _classification_kit(config: ClassificationConfig, facts: dict[str, Any], tra
         volumes = cached_dataset(records, Compose(preprocessing(pre)), cache=False)
         return presence_samples(((v["case"], v["image"], v["label"]) for v in volumes), structure, spatial_dims=dims, size=size)
 
-    train_samples, eval_samples = samples(train), samples(held_out)
+    train_samples, eval_samples = samples(train), samples(held_out) if held_out else []
     augmentation = intensity_augmentation(pre, dims)
     augmentation.set_random_state(seed=config.seed)
     facts = {**facts, "class_names": names, "structure": structure, "spatial_dims": dims, "size": size, "window": list(pre.window),
              "spacing": list(pre.spacing), "orientation": pre.orientation}
     return Prepared(_loader(ClassificationSamples(train_samples, augmentation), config.batch_size, train=True, seed=config.seed),
-                    _loader(ClassificationSamples(eval_samples), config.batch_size, train=False, seed=config.seed),
+                    _loader(ClassificationSamples(eval_samples), config.batch_size, train=False, seed=config.seed) if held_out else None,
                     ClassificationTask(names), facts, [])
 
 
@@ -283,8 +285,12 @@ KITS = {"segmentation": _segmentation_kit, "classification": _classification_kit
 # ---------------------------------------------------------------------------------- run
 
 
-def run_medical(config: MedicalConfig) -> dict[str, Any]:
+def run_medical(config: MedicalConfig, *, split: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     """Train an adapter for ``config``; returns ``{"run_dir", "metrics", "before", "adapter_dir", ...}``.
+
+    ``split = (train_records, eval_records)`` replaces the records of ``config.data`` and their
+    split (site adaptation's folds); with no eval records nothing is scored (``before`` and
+    ``metrics`` are empty).
 
     Raises:
         ScalpelError: bad input (a label off its series' grid, a volume smaller than the patch,
@@ -293,7 +299,7 @@ def run_medical(config: MedicalConfig) -> dict[str, Any]:
     from scalpel.medical.transforms import scalpel_cause
 
     try:
-        return _run(config)
+        return _run(config, split)
     except RuntimeError as err:  # MONAI wraps a transform's error in RuntimeError("applying transform ...")
         cause = scalpel_cause(err)
         if cause is err:
@@ -301,7 +307,7 @@ def run_medical(config: MedicalConfig) -> dict[str, Any]:
         raise cause from None
 
 
-def _run(config: MedicalConfig) -> dict[str, Any]:
+def _run(config: MedicalConfig, split: tuple[list, list] | None = None) -> dict[str, Any]:
     from monai.utils import set_determinism
 
     set_determinism(seed=config.seed)
@@ -310,8 +316,11 @@ def _run(config: MedicalConfig) -> dict[str, Any]:
     site = config.data
     if not site:  # the embedded default: scanner B, adapted from a base trained on scanner A
         site, base_path = _demo_data_and_base(config)
-    records, skipped = _records(config, site)
-    train, held_out = split_records(config, records)
+    if split is None:
+        records, skipped = _records(config, site)
+        train, held_out = split_records(config, records)
+    else:
+        (train, held_out), skipped = split, []
     if base_path is not None:
         model, spec, facts, base_sha = load_checkpoint(base_path)
         # bases of this pipeline always trained in RAS; those of scalpel.medical.adapt.save_base
@@ -332,7 +341,7 @@ def _run(config: MedicalConfig) -> dict[str, Any]:
         model, facts, base_sha = spec.build(), {}, ""
     prepared = KITS[config.task](config, facts, train, held_out)
     task = prepared.task
-    before = task.evaluate(model, prepared.evaluation)
+    before = task.evaluate(model, prepared.evaluation) if prepared.evaluation else {}
     if config.teacher:
         task = _with_teacher(config, task)
 
@@ -355,7 +364,7 @@ def _run(config: MedicalConfig) -> dict[str, Any]:
     result = fit(model, task, prepared.train, prepared.evaluation, fit_config, hooks=hooks, run_config=config_to_dict(config),
                  adapter_metadata={"extra": extra, "base_model": {"spec": spec.to_dict(), "sha256": base_sha}})
     seconds = time.perf_counter() - started
-    after = result.metrics or prepared.task.evaluate(model, prepared.evaluation)
+    after = result.metrics or (prepared.task.evaluate(model, prepared.evaluation) if prepared.evaluation else {})
     summary = {"task": extra["task"], "method": config.method, "network": spec.to_dict(), "before": before, "after": after,
                "trainable_parameters": trainable, "total_parameters": total, "train_seconds": seconds, "steps": result.steps,
                "train_cases": len(train), "eval_cases": len(held_out), "skipped": skipped + prepared.skipped}

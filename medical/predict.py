@@ -35,7 +35,7 @@ from scalpel.core.artifacts import SCALPEL_FILE, STATS_PREFIX, WEIGHTS_FILE, loa
 from scalpel.core.delta import base_name, load_norm_statistics, set_active_adapter
 from scalpel.core.errors import BaseModelMismatchError, DataError
 from scalpel.core.files import read_safetensors
-from scalpel.medical.adapt import BaseSpec, load_base
+from scalpel.medical.adapt import BaseSpec, base_fingerprint, load_base
 from scalpel.medical.dicom import load_series, scan_folder
 from scalpel.medical.dicom.pixels import modality_values
 from scalpel.medical.dicom.scan import slice_normal
@@ -298,11 +298,11 @@ def find_site_adapters(base_dir: str | os.PathLike, runs_dir: str | os.PathLike)
     """Site adapters under ``runs_dir`` trained on the base in ``base_dir`` (matched by SHA-256).
 
     Returns:
-        ``(rows, others)``: one row per adapter (``site``, ``method``, ``dice``, ``trainable``,
+        ``(rows, others)``: one row per adapter (``site``, ``method``, ``task``, ``dice`` or ``auc``, ``trainable``,
         ``total``, ``created``, ``adapter_dir``), newest first, and how many site adapters of
         other bases were seen. Training checkpoints and intermediate ``fit/`` adapters are skipped.
     """
-    _, _, sha = load_base(base_dir)
+    sha = base_fingerprint(base_dir)
     rows, others = [], 0
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -320,8 +320,9 @@ def find_site_adapters(base_dir: str | os.PathLike, runs_dir: str | os.PathLike)
         if extra["base_sha256"] != sha:
             others += 1
             continue
-        rows.append({"site": extra.get("site", "?"), "method": extra.get("method", "?"),
-                     "dice": (meta.get("metrics") or {}).get("dice"), "trainable": meta.get("trainable_parameters"),
+        metrics = meta.get("metrics") or {}
+        rows.append({"site": extra.get("site", "?"), "method": extra.get("method", "?"), "task": extra.get("task", "?"),
+                     "dice": metrics.get("dice"), "auc": metrics.get("auc"), "trainable": meta.get("trainable_parameters"),
                      "total": meta.get("total_parameters"), "created": meta.get("created", ""), "adapter_dir": str(meta_path.parent)})
     rows.sort(key=lambda r: (r["created"], r["adapter_dir"]), reverse=True)
     return rows, others

@@ -10,6 +10,7 @@ Layout (see :mod:`scalpel.medical.synthetic`)::
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,9 @@ def ingest_site(site: str | os.PathLike, run_dir: str | os.PathLike, *, deidenti
     """Return the folder of case series to read: a de-identified copy under ``run_dir/ingest``
     (PS3.15 Basic Profile, per case, audit logs in ``run_dir/ingest-audit``), or the site's own.
 
+    A rerun into the same ``run_dir`` reuses the cases already ingested from unchanged files and
+    ingests again those that changed or whose copy was interrupted.
+
     Raises:
         DataError: ``site/dicom`` is missing or holds no case folders.
     """
@@ -62,11 +66,31 @@ def ingest_site(site: str | os.PathLike, run_dir: str | os.PathLike, *, deidenti
     audit = Path(run_dir) / "ingest-audit"
     audit.mkdir(parents=True, exist_ok=True)
     for case in cases:
-        report = deidentify_folder(case, target / case.name, DeidOptions(retain_longitudinal_dates=True),
-                                   audit_log=audit / f"{case.name}.csv")
+        out, stamp = target / case.name, _source_stamp(case)
+        if (out / INGESTED).is_file() and (out / INGESTED).read_text() == stamp:
+            continue  # ingested by an earlier run into this folder, from the same files
+        if out.exists():  # an interrupted or outdated ingest of ours: start that case again
+            shutil.rmtree(out)
+        report = deidentify_folder(case, out, DeidOptions(retain_longitudinal_dates=True), audit_log=audit / f"{case.name}.csv")
         if report.errors or report.refused:
-            (target / case.name / ".skipped").write_text("; ".join(r for _, r in [*report.errors, *report.refused]))
+            (out / ".skipped").write_text("; ".join(r for _, r in [*report.errors, *report.refused]))
+        (out / INGESTED).write_text(stamp)
     return target
+
+
+#: marker of a finished de-identified copy of a case, holding :func:`_source_stamp` of its source
+INGESTED = ".ingested"
+
+
+def _source_stamp(folder: Path) -> str:
+    """Names, sizes and modification times of a case's files: a rerun re-ingests a case that changed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        info = path.stat()
+        digest.update(f"{path.relative_to(folder)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def to_grid(volume: MetaTensor, spacing: Sequence[float] = (), orientation: str = "", *, mode: str = "bilinear") -> MetaTensor:

@@ -48,6 +48,23 @@ def test_adapt_site_writes_adapter_report_and_deidentified_ingest(sites, tmp_pat
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
 
+def test_a_rerun_into_the_same_folder_reuses_the_ingest_of_unchanged_cases(sites, tmp_path):
+    from scalpel.medical.site import INGESTED, ingest_site
+
+    site = tmp_path / "site"
+    shutil.copytree(sites / "B", site)
+    target = ingest_site(site, tmp_path / "run")
+    marks = {p.parent.name: p.stat().st_mtime_ns for p in target.glob(f"*/{INGESTED}")}
+    assert sorted(marks) == ["B000", "B001", "B002"]
+    changed = next((site / "dicom" / "B001").glob("*.dcm"))
+    changed.write_bytes(changed.read_bytes())  # same bytes, new modification time: ingested again
+    (target / "B002" / INGESTED).unlink()  # an interrupted copy: ingested again
+    ingest_site(site, tmp_path / "run")
+    after = {p.parent.name: p.stat().st_mtime_ns for p in target.glob(f"*/{INGESTED}")}
+    assert after["B000"] == marks["B000"] and after["B001"] != marks["B001"] and "B002" in after
+    assert len(list((target / "B002").rglob("*.dcm"))) == len(list((site / "dicom" / "B002").rglob("*.dcm")))
+
+
 def test_adapter_from_another_base_is_refused(sites, tmp_path):
     run = tmp_path / "run"
     adapt_site(sites / "base", sites / "B", run, AdaptOptions(method="full", steps=1, deidentify=False))
@@ -150,3 +167,45 @@ def test_a_2d_base_adapts_on_axial_slices(sites, tmp_path):
     assert 0 <= summary["adapted"]["dice"] <= 1 and summary["trainable"] < summary["total"]
     model = load_site_adapter(tmp_path / "base", summary["adapter_dir"])
     assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_a_classification_base_adapts_to_a_site_held_out_and_by_folds(tmp_path, capsys):
+    from scalpel.core.cli import main
+    from scalpel.medical.classification import write_presence_site
+    from scalpel.medical.networks import NetworkSpec, save_checkpoint
+    from scalpel.medical.pipelines import load_adapted, predict
+
+    site = tmp_path / "B"
+    write_presence_site(site, "B", cases=6, shape=(16, 16, 16), seed=1)
+    spec = NetworkSpec("resnet10", spatial_dims=3, out_channels=2, options={"widen_factor": 0.25})
+    torch.manual_seed(0)
+    save_checkpoint(spec.build(), spec, tmp_path / "base", task="medical.classification", class_names=["absent", "present"],
+                    structure=2, spatial_dims=3, size=16, window=[-200, 600])
+    run = tmp_path / "runs" / "held-out"
+    assert main(["medical", "adapt", str(tmp_path / "base"), str(site), "--out", str(run), "--method", "lora",
+                 "--site", "B", "--steps", "2"]) == 0
+    report = (run / "report.md").read_text()
+    assert "(lora, classification)" in report and "| auc |" in report and "| specificity |" in report
+    meta = read_adapter_meta(run / "adapter")
+    assert meta["extra"]["site"] == "B" and meta["extra"]["evaluation"] == "held-out" and len(meta["extra"]["base_sha256"]) == 64
+    assert not set(meta["extra"]["train_cases"]) & set(meta["extra"]["eval_cases"])
+    assert (run / "ingest").is_dir()  # de-identified by default, as for segmentation
+    rows = predict(run / "adapter", [str(site / "dicom" / "Bc000")], {})  # `scalpel predict` serves it
+    assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+
+    # image-level labels from labels.csv; K folds, the saved adapter trained on all cases
+    (site / "labels.csv").write_text("case,label\n" + "".join(f"Bc00{i},{'ab' if i % 2 else 'normal'}\n" for i in range(5)))
+    with pytest.raises(DataError, match="not among the base's"):  # the base knows absent/present, not these classes
+        adapt_site(tmp_path / "base", site, tmp_path / "runs" / "bad", AdaptOptions(steps=1, deidentify=False))
+    (site / "labels.csv").write_text("case,label\n" + "".join(f"Bc00{i},{'present' if i % 2 else 'absent'}\n" for i in range(5)))
+    summary = adapt_site(tmp_path / "base", site, tmp_path / "runs" / "folds", AdaptOptions(method="sparse", folds=2, steps=1, deidentify=False))
+    assert sorted(c for f in summary["folds"] for c in f["eval_cases"]) == [f"Bc00{i}" for i in range(5)]
+    assert any("Bc005: no row in labels.csv" in why for why in summary["skipped"])
+    assert summary["adapted"]["auc"] == pytest.approx(np.nanmean([f["adapted"]["auc"] for f in summary["folds"]]))
+    assert read_adapter_meta(summary["adapter_dir"])["metrics"]["accuracy_std"] >= 0
+    model, extra = load_adapted(summary["adapter_dir"])
+    assert extra["evaluation"] == "2-fold" and extra["train_cases"] == [f"Bc00{i}" for i in range(5)]
+    capsys.readouterr()
+    assert main(["medical", "sites", "--base", str(tmp_path / "base"), "--runs", str(tmp_path / "runs")]) == 0
+    listing = capsys.readouterr().out
+    assert "lora" in listing and "sparse" in listing and "auc " in listing
