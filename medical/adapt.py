@@ -328,34 +328,40 @@ def train_base(site: str | os.PathLike, base_dir: str | os.PathLike, spec: BaseS
     return {"base_dir": str(base_dir), "steps": result.steps, "train_seconds": result.train_seconds, "cases": len(cases)}
 
 
-def format_report(s: dict[str, Any], structures: tuple[str, ...]) -> str:
+def report_head(s: dict[str, Any], title: str, fold_columns: list[tuple[str, str, int]]) -> list[str]:
+    """The lines a site report starts with: what was trained and scored and, with K folds, one row
+    per fold; ``fold_columns`` are ``(header, metric, digits)``, each shown base and adapted."""
     folds = s.get("folds") or []
     share = f"trainable parameters {s['trainable']:,} of {s['total']:,} ({100 * s['trainable'] / max(1, s['total']):.2f}%)."
-    if folds:
-        lines = [f"# Site adaptation: {s['site']} ({s['method']}), {len(folds)}-fold evaluation", "",
-                 f"Each fold: an adapter trained on the other folds, base and adapted scored on the fold's cases. "
-                 f"The saved adapter was then trained on all {s['train_cases']} case(s) ({s['steps']} steps in "
-                 f"{s['train_seconds']:.1f} s); no case is left to score it, so its metrics are the {len(folds)}-fold means. " + share, "",
-                 "| fold | held-out cases | Dice base | Dice adapted | HD95 base (mm) | HD95 adapted (mm) |", "|---|---|---|---|---|---|"]
-        for f in folds:
-            lines.append(f"| {f['fold']} | {', '.join(f['eval_cases'])} | {f['base']['dice']:.3f} | {f['adapted']['dice']:.3f} | "
-                         f"{f['base']['hd95']:.2f} | {f['adapted']['hd95']:.2f} |")
-        lines += ["", "Mean ± std over folds:", ""]
-    else:
-        lines = [f"# Site adaptation: {s['site']} ({s['method']})", "",
-                 f"{s['train_cases']} training case(s), {s['eval_cases']} held-out case(s); {s['steps']} steps in {s['train_seconds']:.1f} s; "
-                 + share, ""]
+    if not folds:
+        return [f"# Site adaptation: {title}", "",
+                f"{s['train_cases']} training case(s), {s['eval_cases']} held-out case(s); {s['steps']} steps in "
+                f"{s['train_seconds']:.1f} s; " + share, ""]
+    headers = " | ".join(f"{name} {side}" for name, _, _ in fold_columns for side in ("base", "adapted"))
+    lines = [f"# Site adaptation: {title}, {len(folds)}-fold evaluation", "",
+             f"Each fold: an adapter trained on the other folds, base and adapted scored on the fold's cases. "
+             f"The saved adapter was then trained on all {s['train_cases']} case(s) ({s['steps']} steps in "
+             f"{s['train_seconds']:.1f} s); no case is left to score it, so its metrics are the {len(folds)}-fold means. " + share, "",
+             f"| fold | held-out cases | {headers} |", "|---|---|" + "---|" * 2 * len(fold_columns)]
+    for f in folds:
+        cells = " | ".join(f"{f[side][key]:.{digits}f}" for _, key, digits in fold_columns for side in ("base", "adapted"))
+        lines.append(f"| {f['fold']} | {', '.join(f['eval_cases'])} | {cells} |")
+    return lines + ["", "Mean ± std over folds:", ""]
+
+
+def format_report(s: dict[str, Any], structures: tuple[str, ...]) -> str:
+    lines = report_head(s, f"{s['site']} ({s['method']})", [("Dice", "dice", 3), ("HD95 (mm)", "hd95", 2)])
     lines += ["| structure | Dice base | Dice adapted | HD95 base (mm) | HD95 adapted (mm) |", "|---|---|---|---|---|"]
     for name in [*structures, None]:
         key = f"/{name}" if name else ""
         label = name or "**mean**"
-        cells = [_cell(s[side], metric + key, digits) for metric, digits in (("dice", 3), ("hd95", 2)) for side in ("base", "adapted")]
+        cells = [metric_cell(s[side], metric + key, digits) for metric, digits in (("dice", 3), ("hd95", 2)) for side in ("base", "adapted")]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if s["skipped"]:
         lines += ["", "Skipped cases:", *[f"- {why}" for why in s["skipped"]]]
     return "\n".join(lines) + "\n"
 
 
-def _cell(metrics: dict[str, float], key: str, digits: int) -> str:
+def metric_cell(metrics: dict[str, float], key: str, digits: int) -> str:
     text = f"{metrics[key]:.{digits}f}"
     return f"{text} ± {metrics[key + '_std']:.{digits}f}" if key + "_std" in metrics else text

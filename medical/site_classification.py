@@ -106,28 +106,14 @@ def _record_site(adapter_dir: Path, metrics: dict[str, float], site: dict[str, A
 
 
 def format_classification_report(s: dict[str, Any]) -> str:
-    from scalpel.medical.adapt import _cell
+    from scalpel.medical.adapt import metric_cell, report_head
 
-    folds = s.get("folds") or []
-    share = f"trainable parameters {s['trainable']:,} of {s['total']:,} ({100 * s['trainable'] / max(1, s['total']):.2f}%)."
-    if folds:
-        lines = [f"# Site adaptation: {s['site']} ({s['method']}, classification), {len(folds)}-fold evaluation", "",
-                 f"Each fold: an adapter trained on the other folds, base and adapted scored on the fold's cases. The saved "
-                 f"adapter was then trained on all {s['train_cases']} case(s) ({s['steps']} steps in {s['train_seconds']:.1f} s); "
-                 f"its metrics are the {len(folds)}-fold means. " + share, "",
-                 "| fold | held-out cases | AUC base | AUC adapted | accuracy base | accuracy adapted |", "|---|---|---|---|---|---|"]
-        lines += [f"| {f['fold']} | {', '.join(f['eval_cases'])} | {f['base']['auc']:.3f} | {f['adapted']['auc']:.3f} | "
-                  f"{f['base']['accuracy']:.3f} | {f['adapted']['accuracy']:.3f} |" for f in folds]
-        lines += ["", "Mean ± std over folds:", ""]
-    else:
-        lines = [f"# Site adaptation: {s['site']} ({s['method']}, classification)", "",
-                 f"{s['train_cases']} training case(s), {s['eval_cases']} held-out case(s); {s['steps']} steps in "
-                 f"{s['train_seconds']:.1f} s; " + share, ""]
+    lines = report_head(s, f"{s['site']} ({s['method']}, classification)", [("AUC", "auc", 3), ("accuracy", "accuracy", 3)])
     keys = [k for k in HEADLINE if k in s["adapted"]]
     per_class = sorted(k for k in s["adapted"] if "/" in k and not k.endswith("_std"))
     keys += per_class if sum(k.startswith("auc/") for k in per_class) > 1 else []  # binary: the macro rows are the class's
     lines += ["| metric | base | adapted |", "|---|---|---|"]
-    lines += [f"| {k} | {_cell(s['base'], k, 3)} | {_cell(s['adapted'], k, 3)} |" for k in keys]
+    lines += [f"| {k} | {metric_cell(s['base'], k, 3)} | {metric_cell(s['adapted'], k, 3)} |" for k in keys]
     if s["skipped"]:
         lines += ["", "Skipped cases:", *[f"- {why}" for why in s["skipped"]]]
     return "\n".join(lines) + "\n"
