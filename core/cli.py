@@ -1,5 +1,6 @@
 """The ``scalpel`` command. Subcommands come from the ``scalpel.cli`` entry-point group,
-so domain packages add theirs (``scalpel dicom ...``) without the core importing them.
+so domain packages add theirs (``scalpel dicom ...``) without the core importing them. An
+entry point's name is the command it registers; only the command named on the line is loaded.
 
 A :class:`~scalpel.core.errors.ScalpelError` is printed as one clear message and the
 command exits with status 2; anything else is a bug and keeps its traceback.
@@ -24,7 +25,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run(commands, argv)
     _add_predict(commands)
-    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+    plugins = sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name)
+    # Importing a domain's command pulls in its libraries (MONAI, transformers: seconds each), so
+    # only the command named is loaded; every one is for the overview (--help, no or a mistyped command).
+    named = next((a for a in argv or () if not a.startswith("-")), None)
+    if named in ("run", "predict"):
+        plugins = []
+    elif any(ep.name == named for ep in plugins):
+        plugins = [ep for ep in plugins if ep.name == named]
+    for ep in plugins:
         ep.load()(commands)
     return parser
 
