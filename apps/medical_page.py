@@ -5,7 +5,8 @@ adapter: the label overlay (with opacity) on the viewer and the predicted DICOM 
 Uploads stay in memory (:mod:`scalpel.apps.dicom_upload`); the prediction and its SEG are
 made in memory too. Patient-identifying header fields are hidden unless the user ticks
 "Show patient information". Site adapters are the runs of ``scalpel medical adapt``
-(``extra.task == "medical.site"``); their base is loaded once per base checkpoint
+(``extra.task == "medical.site"``) and of ``scalpel run medical.segmentation`` on a base
+(``"medical.segmentation"``); their base is loaded once per base checkpoint
 (``st.cache_resource``) and adapters are switched on it without reloading it.
 """
 
@@ -22,7 +23,7 @@ from scalpel.apps.dicom_upload import COLOUR_NAMES, UploadedSeries, UploadPredic
 from scalpel.apps.runs import RunInfo, find_runs
 from scalpel.medical.dicom.pixels import WINDOW_PRESETS
 
-SITE_TASKS = ("medical.site",)
+SITE_TASKS = ("medical.site", "medical.segmentation")
 NO_SITE_RUNS = ("No site adapters in `{root}`: make one with `make demo`, or with `scalpel medical adapt BASE SITE --out "
                 "runs/<site>` (see docs/medical.md), or point the runs directory in the sidebar at your runs.")
 

@@ -137,6 +137,24 @@ def test_predict_upload_gives_labels_and_a_seg_of_the_uploaded_series(site_runs)
     assert prediction.structures == [s.SegmentLabel for s in seg.SegmentSequence]
 
 
+def test_a_segmentation_pipeline_adapter_on_the_base_is_listed_and_segments(site_runs):
+    from scalpel.apps.dicom_upload import predict_upload
+    from scalpel.apps.medical_page import SITE_TASKS
+    from scalpel.apps.runs import find_runs
+    from scalpel.core.cli import main
+    from scalpel.medical.predict import SiteAdapters
+
+    run = site_runs["root"] / "pipeline-runs" / "lora"
+    assert main(["run", "medical.segmentation", "--data", str(site_runs["root"] / "B"), "--base", str(site_runs["root"] / "base"),
+                 "--method", "lora", "--steps", "1", "--val-fraction", "0.5", "--output-dir", str(run)]) == 0
+    runs, _ = find_runs(str(run.parent), SITE_TASKS)
+    assert [r.name for r in runs] == ["lora/adapter"]
+    datasets, _ = read_uploads([(p.name, p.read_bytes()) for p in site_runs["series"]])
+    [upload] = group_series(datasets)
+    prediction = predict_upload(upload, SiteAdapters(runs[0].extra["base_dir"]), runs[0].adapter_dir)
+    assert prediction.labels.shape == (16, 16, 16) and prediction.seg
+
+
 def test_page_overlay_opacity_seg_download_and_adapter_switch(site_runs):
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["runs_dir"] = str(site_runs["runs"])
