@@ -248,6 +248,30 @@ def base_fingerprint(base_dir: str | os.PathLike) -> str:
     return hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
+def recalibrate_site(base_dir: str | os.PathLike, site: str | os.PathLike, options: AdaptOptions | None = None) -> dict[str, Any]:
+    """The zero-parameter baseline of site adaptation (AdaBN, Li et al. 2016, arXiv:1603.04779):
+    the base with its BatchNorm running statistics re-estimated on the site's training cases
+    (the held-out split :func:`adapt_site` makes with the same ``options``), scored on its
+    held-out cases. Nothing is trained; compare it with every method on a BatchNorm network.
+
+    Returns:
+        ``{"model", "base": metrics, "adapted": metrics, "seconds", "train_cases", "eval_cases"}``.
+    """
+    from scalpel.core.layerwise import recalibrate_norm_statistics
+
+    options = options or AdaptOptions()
+    model, spec, _ = load_base(base_dir)
+    cases, _ = load_cases(Path(site) / "dicom", Path(site) / "labels", window=spec.window, min_size=spec.patch, **spec.grid)
+    train, held_out = split_cases(cases, options.holdout, options.seed)
+    task = SegmentationTask(spec.structures, spec.patch)
+    before = task.evaluate(model, eval_batches(held_out))
+    started = time.perf_counter()
+    recalibrate_norm_statistics(model, PatchBatches(train, spec.patch, batch_size=options.batch_size, batches=16, seed=options.seed))
+    seconds = time.perf_counter() - started
+    return {"model": model, "base": before, "adapted": task.evaluate(model, eval_batches(held_out)), "seconds": seconds,
+            "train_cases": [c.name for c in train], "eval_cases": [c.name for c in held_out]}
+
+
 def _base_task(base_dir: str | os.PathLike) -> str:
     path = Path(base_dir) / SPEC
     return str(read_json(path).get("task", "medical.segmentation")) if path.is_file() else "medical.segmentation"

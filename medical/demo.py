@@ -33,11 +33,10 @@ import torch
 from scalpel.core.artifacts import adapter_bytes
 from scalpel.core.compare import comparison_table
 from scalpel.core.delta import norm_statistics
-from scalpel.core.layerwise import recalibrate_norm_statistics
 from scalpel.core.files import atomic_write, read_json, write_json
-from scalpel.medical.adapt import AdaptOptions, BaseSpec, adapt_site, load_base, load_site_adapter, train_base
+from scalpel.medical.adapt import AdaptOptions, BaseSpec, adapt_site, load_base, load_site_adapter, recalibrate_site, train_base
 from scalpel.medical.segmentation import SegmentationTask, UNetSpec
-from scalpel.medical.site import PatchBatches, eval_batches, load_cases, split_cases
+from scalpel.medical.site import load_cases
 from scalpel.medical.synthetic import STRUCTURES, write_site
 
 METHODS = ("lora", "sparse", "layerwise", "full")
@@ -95,23 +94,15 @@ def run_demo(output_dir: str | Path = "runs/demo/medical", quick: bool = False,
 
 
 def adabn_baseline(base_dir: Path, site: Path, run_dir: Path) -> dict[str, Any]:
-    """The zero-parameter baseline: the base with its BatchNorm statistics re-estimated on
-    B's training cases (AdaBN), scored on the same held-out cases as the methods."""
-    base, spec, _ = load_base(base_dir)
-    cases, _ = load_cases(site / "dicom", site / "labels", window=spec.window, min_size=spec.patch, **spec.grid)
-    options = AdaptOptions(site="B", deidentify=False)
-    train, held_out = split_cases(cases, options.holdout, options.seed)  # the split adapt_site makes
-    task = SegmentationTask(spec.structures, spec.patch, hd95=False)
-    before = task.evaluate(base, eval_batches(held_out))["dice"]
-    started = time.perf_counter()
-    recalibrate_norm_statistics(base, PatchBatches(train, spec.patch, batch_size=options.batch_size, batches=16, seed=options.seed))
-    seconds = time.perf_counter() - started
-    after = task.evaluate(base, eval_batches(held_out))["dice"]
+    """The zero-parameter baseline (:func:`~scalpel.medical.adapt.recalibrate_site`), as a demo row."""
+    result = recalibrate_site(base_dir, site, AdaptOptions(site="B", deidentify=False))
+    base, spec = result["model"], load_base(base_dir)[1]
+    before, after = result["base"]["dice"], result["adapted"]["dice"]
     statistics = norm_statistics(base, "")
-    write_json(run_dir / "metrics.json", {"dice_before": before, "dice": after, "eval_cases": [c.name for c in held_out]})
+    write_json(run_dir / "metrics.json", {"dice_before": before, "dice": after, "eval_cases": result["eval_cases"]})
     return {"domain": "medical", "task": "segmentation (scanner A -> B)", "model": f"MONAI UNet {spec.unet.channels}",
             "method": "adabn (statistics only)", "metric": "dice", "before": before, "after": after, "trainable": 0,
-            "total": sum(p.numel() for p in base.parameters()), "train_seconds": seconds, "wall_seconds": seconds,
+            "total": sum(p.numel() for p in base.parameters()), "train_seconds": result["seconds"], "wall_seconds": result["seconds"],
             "adapter_bytes": sum(t.numel() * t.element_size() for t in statistics.values()), "run_dir": str(run_dir),
             "curve": None, "examples": []}
 
