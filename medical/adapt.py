@@ -31,7 +31,7 @@ from scalpel.core.recipes import adapt, method_names
 from scalpel.core.sparse import ScoringData
 from scalpel.medical.networks import NetworkSpec, lora_target_types, spec_from_dict
 from scalpel.medical.segmentation import SegmentationTask, UNetSpec
-from scalpel.medical.site import Case, PatchBatches, eval_batches, ingest_site, load_cases, split_cases
+from scalpel.medical.site import Case, PatchBatches, T, eval_batches, ingest_site, load_cases, split_cases
 
 WEIGHTS, SPEC = "model.safetensors", "model.json"
 #: ``extra.task`` of a site adapter (what the apps and ``scalpel medical sites`` look for).
@@ -297,7 +297,7 @@ def _train_adapter(base_dir: str | os.PathLike, train: list[Case], held_out: lis
     return {"model": model, "trainable": trainable, "total": total, "seconds": seconds, "steps": result.steps, "metrics": metrics}
 
 
-def kfold_cases(cases: list[Case], folds: int, seed: int) -> list[tuple[list[Case], list[Case]]]:
+def kfold_cases(cases: list[T], folds: int, seed: int) -> list[tuple[list[T], list[T]]]:
     """K folds by case (never by patch), shuffled with ``seed``: ``[(train, held_out), ...]``; every
     case is held out exactly once, fold sizes differ by at most one.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator, Sequence
+from typing import TypeVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from scalpel.core.files import atomic_write
 from scalpel.medical.dicom import DeidOptions, deidentify_folder, load_label, load_series, scan_folder
 
 _LABEL_SUFFIXES = (".nii.gz", ".nii", ".dcm")
+#: a case of any kind (a loaded :class:`Case`, a record dict): splits only reorder them
+T = TypeVar("T")
 
 
 @dataclass
@@ -177,7 +180,7 @@ def load_cases(
     return cases, skipped
 
 
-def split_cases(cases: list[Case], holdout: float, seed: int) -> tuple[list[Case], list[Case]]:
+def split_cases(cases: list[T], holdout: float, seed: int) -> tuple[list[T], list[T]]:
     """Held-out split by case (never by patch): at least one case on each side."""
     if len(cases) < 2:
         raise DataError(f"held-out evaluation needs >= 2 labelled cases, the site has {len(cases)}; add cases")
