@@ -21,13 +21,17 @@ from typing import Any
 from scalpel.core.artifacts import SCALPEL_FILE, read_adapter_meta
 from scalpel.core.errors import DataError
 from scalpel.core.files import atomic_write, write_json
+from scalpel.medical.adapt import AdaptOptions, kfold_cases, mean_metrics, metric_cell, report_head
+from scalpel.medical.classification import read_class_labels
+from scalpel.medical.pipelines import ClassificationConfig, run_medical, site_records
+from scalpel.medical.site import ingest_site, split_cases
 
 LABELS_CSV = "labels.csv"
 #: the metrics a classification site report shows, in order (per-class ones follow)
 HEADLINE = ("auc", "sensitivity", "specificity", "accuracy")
 
 
-def adapt_classifier(base_dir: str | os.PathLike, site: str | os.PathLike, run_dir: str | os.PathLike, options: Any,
+def adapt_classifier(base_dir: str | os.PathLike, site: str | os.PathLike, run_dir: str | os.PathLike, options: AdaptOptions,
                      base_sha: str) -> dict[str, Any]:
     """Adapt the classification base in ``base_dir`` to ``site``; the summary of :func:`adapt_site`.
 
@@ -35,10 +39,6 @@ def adapt_classifier(base_dir: str | os.PathLike, site: str | os.PathLike, run_d
         DataError: no labelled case (no ``labels.csv`` row or label map for any series), fewer
             cases than folds, fewer than 2 cases for a held-out split.
     """
-    from scalpel.medical.adapt import kfold_cases, mean_metrics
-    from scalpel.medical.pipelines import ClassificationConfig, run_medical
-    from scalpel.medical.site import ingest_site, split_cases
-
     run_dir, site = Path(run_dir), Path(site)
     series_root = ingest_site(site, run_dir, deidentify=options.deidentify)
     records, skipped = classification_records(site, series_root)
@@ -77,9 +77,6 @@ def adapt_classifier(base_dir: str | os.PathLike, site: str | os.PathLike, run_d
 
 def classification_records(site: Path, series_root: Path) -> tuple[list[dict[str, str]], list[str]]:
     """``[{"image": ingested series folder, "case", "class" | "label"}]`` and why cases were skipped."""
-    from scalpel.medical.classification import read_class_labels
-    from scalpel.medical.pipelines import site_records
-
     if (site / LABELS_CSV).is_file():
         records, _, skipped = read_class_labels(site, site / LABELS_CSV)
     else:
@@ -106,8 +103,6 @@ def _record_site(adapter_dir: Path, metrics: dict[str, float], site: dict[str, A
 
 
 def format_classification_report(s: dict[str, Any]) -> str:
-    from scalpel.medical.adapt import metric_cell, report_head
-
     lines = report_head(s, f"{s['site']} ({s['method']}, classification)", [("AUC", "auc", 3), ("accuracy", "accuracy", 3)])
     keys = [k for k in HEADLINE if k in s["adapted"]]
     per_class = sorted(k for k in s["adapted"] if "/" in k and not k.endswith("_std"))
