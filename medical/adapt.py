@@ -12,7 +12,6 @@ adapted metrics -> the adapter saved with the base's SHA-256 and the site -> ``r
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,15 +24,23 @@ from torch import nn
 from scalpel.core import count_parameters, load_adapter, read_adapter_meta, save_adapter
 from scalpel.core.config import raise_if_problems
 from scalpel.core.errors import AdapterError, BaseModelMismatchError, DataError
-from scalpel.core.files import atomic_write, read_json, read_safetensors, write_json, write_safetensors
+from scalpel.core.files import atomic_write, read_json, write_json
 from scalpel.core.fit import FitConfig, fit
 from scalpel.core.recipes import adapt, method_names
 from scalpel.core.sparse import ScoringData
-from scalpel.medical.networks import NetworkSpec, lora_target_types, spec_from_dict
+from scalpel.medical.networks import (
+    SPEC,
+    NetworkSpec,
+    checkpoint_sha256,
+    load_checkpoint,
+    lora_target_types,
+    recorded_orientation,
+    save_checkpoint,
+    spec_from_dict,
+)
 from scalpel.medical.segmentation import SegmentationTask, UNetSpec
 from scalpel.medical.site import Case, PatchBatches, T, eval_batches, ingest_site, load_cases, split_cases
 
-WEIGHTS, SPEC = "model.safetensors", "model.json"
 #: ``extra.task`` of a site adapter (what the apps and ``scalpel medical sites`` look for).
 SITE_TASK = "medical.site"
 
@@ -96,10 +103,8 @@ class BaseSpec:
             raise AdapterError(f"model.json is not a segmentation base ({why}); segmenting needs a base written by save_base "
                                "or `scalpel run medical.segmentation` (a classification base's adapters are served by "
                                "`scalpel predict ADAPTER SERIES_DIR`)")
-        # the pipeline's bases record no orientation before it did: they were trained in RAS
-        orientation = data.get("orientation", "RAS" if "unet" not in data else "")
         return cls(spec_from_dict(data.get("network") or data["unet"]), tuple(data["structures"]), tuple(data["window"]),
-                   tuple(data["patch"]), tuple(data.get("spacing") or ()), orientation)
+                   tuple(data["patch"]), tuple(data.get("spacing") or ()), recorded_orientation(data))
 
     @property
     def grid(self) -> dict[str, Any]:
@@ -137,22 +142,20 @@ class AdaptOptions:
 
 
 def save_base(model: nn.Module, spec: BaseSpec, folder: str | os.PathLike) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_safetensors(folder / WEIGHTS, {k: v.detach().contiguous() for k, v in model.state_dict().items()})
-    write_json(folder / SPEC, spec.to_dict())
-    return folder
+    """Write a base checkpoint: ``model.safetensors`` + ``model.json`` (:meth:`BaseSpec.to_dict`)."""
+    facts = spec.to_dict()
+    del facts["network"]
+    return save_checkpoint(model, spec.unet, folder, **facts)
 
 
 def load_base(folder: str | os.PathLike) -> tuple[nn.Module, BaseSpec, str]:
-    """Rebuild a base: ``(model in eval mode, spec, SHA-256 of its weights)``."""
-    folder = Path(folder)
-    if not (folder / WEIGHTS).is_file() or not (folder / SPEC).is_file():
-        raise AdapterError(f"{folder} is not a base checkpoint: it needs {WEIGHTS} and {SPEC} (see save_base)")
-    spec = BaseSpec.from_dict(read_json(folder / SPEC))
-    model = spec.unet.build()
-    model.load_state_dict(read_safetensors(folder / WEIGHTS))
-    return model.eval(), spec, hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()
+    """Rebuild a base: ``(model in eval mode, spec, SHA-256 of its weights)``.
+
+    Raises:
+        AdapterError: no checkpoint there, weights that do not fit, or not a segmentation base.
+    """
+    model, _, facts, sha = load_checkpoint(folder)
+    return model, BaseSpec.from_dict(facts), sha
 
 
 def method_options(options: AdaptOptions, model: nn.Module | None = None) -> dict[str, Any]:
@@ -196,7 +199,7 @@ def adapt_site(base_dir: str | os.PathLike, site: str | os.PathLike, run_dir: st
     if _base_task(base_dir) == "medical.classification":
         from scalpel.medical.site_classification import adapt_classifier
 
-        return adapt_classifier(base_dir, site, run_dir, options, base_fingerprint(base_dir))
+        return adapt_classifier(base_dir, site, run_dir, options, checkpoint_sha256(base_dir))
     _, spec, base_sha = load_base(base_dir)
     series_root = ingest_site(site, run_dir, deidentify=options.deidentify)
     cases, skipped = load_cases(series_root, Path(site) / "labels", window=spec.window, min_size=spec.patch, **spec.grid)
@@ -234,18 +237,6 @@ def adapt_site(base_dir: str | os.PathLike, site: str | os.PathLike, run_dir: st
     summary["report"] = str(report)
     write_json(run_dir / "summary.json", summary)
     return summary
-
-
-def base_fingerprint(base_dir: str | os.PathLike) -> str:
-    """SHA-256 of a base checkpoint's weights (what its adapters record as ``base_sha256``).
-
-    Raises:
-        AdapterError: no base checkpoint there.
-    """
-    weights = Path(base_dir) / WEIGHTS
-    if not weights.is_file() or not (Path(base_dir) / SPEC).is_file():
-        raise AdapterError(f"{base_dir} is not a base checkpoint: it needs {WEIGHTS} and {SPEC} (see save_base)")
-    return hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 def recalibrate_site(base_dir: str | os.PathLike, site: str | os.PathLike, options: AdaptOptions | None = None) -> dict[str, Any]:

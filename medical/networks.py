@@ -185,22 +185,41 @@ def save_checkpoint(model: nn.Module, spec: Any, folder: str | os.PathLike, **fa
 
 
 def load_checkpoint(folder: str | os.PathLike) -> tuple[nn.Module, Any, dict[str, Any], str]:
-    """``(model in eval mode, network spec, model.json, SHA-256 of the weights)``.
+    """``(model in eval mode, network spec, model.json, SHA-256 of the weights)``; ``model.json``
+    always has an ``orientation`` (:func:`recorded_orientation`).
 
     Raises:
         AdapterError: not a checkpoint folder, or weights that do not fit the spec.
     """
     folder = Path(folder)
-    if not (folder / WEIGHTS).is_file() or not (folder / SPEC).is_file():
-        raise AdapterError(f"{folder} is not a base checkpoint: it needs {WEIGHTS} and {SPEC}")
+    sha = checkpoint_sha256(folder)
     facts = read_json(folder / SPEC)
+    facts["orientation"] = recorded_orientation(facts)
     spec = spec_from_dict(facts.get("network") or facts.get("unet") or {})
     model = spec.build()
     try:
         model.load_state_dict(read_safetensors(folder / WEIGHTS))
     except RuntimeError as err:
         raise AdapterError(f"{folder / WEIGHTS} does not fit the network in {SPEC}: {str(err)[:300]}") from err
-    return model.eval(), spec, facts, hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()
+    return model.eval(), spec, facts, sha
+
+
+def checkpoint_sha256(folder: str | os.PathLike) -> str:
+    """SHA-256 of a base checkpoint's weights: what its adapters record as ``base_sha256``.
+
+    Raises:
+        AdapterError: no checkpoint (``model.safetensors`` + ``model.json``) in ``folder``.
+    """
+    folder = Path(folder)
+    if not (folder / WEIGHTS).is_file() or not (folder / SPEC).is_file():
+        raise AdapterError(f"{folder} is not a base checkpoint: it needs {WEIGHTS} and {SPEC}")
+    return hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()
+
+
+def recorded_orientation(facts: dict[str, Any]) -> str:
+    """The axis codes a base was trained in. Bases written before they recorded it: RAS for the
+    pipelines' (key ``network``, MONAI-preprocessed), the stored order for ``save_base``'s (key ``unet``)."""
+    return str(facts.get("orientation", "" if "unet" in facts else "RAS"))
 
 
 # ----------------------------------------------------------------------------- families

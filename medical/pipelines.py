@@ -36,10 +36,7 @@ from torch import nn
 from scalpel.core.artifacts import load_adapter, read_adapter_meta
 from scalpel.core.config import config_to_dict, raise_if_problems
 from scalpel.core.delta import count_parameters
-from scalpel.core.errors import AdapterError, BaseModelMismatchError, ConfigError, DataError
-
-__all__ = ["ClassificationConfig", "SegmentationConfig", "load_adapted", "load_checkpoint", "predict", "run_medical",
-           "save_checkpoint", "site_records"]
+from scalpel.core.errors import AdapterError, BaseModelMismatchError, DataError
 from scalpel.core.files import write_json
 from scalpel.core.fit import FitConfig, fit
 from scalpel.core.pipeline import Pipeline
@@ -54,8 +51,10 @@ from scalpel.medical.networks import (
     save_checkpoint,
     spec_from_dict,
 )
+from scalpel.medical.site import label_file
 
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".dcm")
+__all__ = ["ClassificationConfig", "SegmentationConfig", "load_adapted", "load_checkpoint", "predict", "run_medical",
+           "save_checkpoint", "site_records"]
 
 #: Network options of the synthetic default (small enough for 2 CPU cores); user data gets MONAI's defaults.
 DEMO_OPTIONS: dict[str, dict[str, Any]] = {
@@ -183,7 +182,7 @@ def site_records(site: str | os.PathLike) -> tuple[list[dict[str, str]], list[st
                         f"label under {root}/labels/<case>.nii.gz")
     records, skipped = [], []
     for case in cases:
-        label = next((root / "labels" / f"{case.name}{s}" for s in LABEL_SUFFIXES if (root / "labels" / f"{case.name}{s}").is_file()), None)
+        label = label_file(root / "labels", case.name)
         if label is None:
             skipped.append(f"{case.name}: no label file labels/{case.name}.nii.gz")
         else:
@@ -323,9 +322,6 @@ def _run(config: MedicalConfig, split: tuple[list, list] | None = None) -> dict[
         (train, held_out), skipped = split, []
     if base_path is not None:
         model, spec, facts, base_sha = load_checkpoint(base_path)
-        # bases of this pipeline always trained in RAS; those of scalpel.medical.adapt.save_base
-        # (key "unet", before they recorded it) on each series' stored grid
-        facts.setdefault("orientation", "" if "unet" in facts else "RAS")
         facts.pop("network", None)
         facts.pop("unet", None)
         # a base from scalpel.medical.adapt.save_base records no task: it is a segmentation UNet

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import torch
+from monai.data import MetaTensor
 from pydicom.dataset import Dataset
 from torch import nn
 
@@ -35,14 +36,15 @@ from scalpel.core.artifacts import SCALPEL_FILE, STATS_PREFIX, WEIGHTS_FILE, loa
 from scalpel.core.delta import base_name, load_norm_statistics, set_active_adapter
 from scalpel.core.errors import BaseModelMismatchError, DataError
 from scalpel.core.files import read_safetensors
-from scalpel.medical.adapt import BaseSpec, base_fingerprint, load_base
+from scalpel.medical.adapt import BaseSpec, load_base
 from scalpel.medical.dicom import load_series, scan_folder
 from scalpel.medical.dicom.pixels import modality_values
 from scalpel.medical.dicom.scan import slice_normal
-from scalpel.medical.dicom.volume import LPS_TO_RAS
 from scalpel.medical.dicom.seg import AlgorithmInfo, build_seg
+from scalpel.medical.dicom.volume import LPS_TO_RAS, slices_affine
+from scalpel.medical.networks import checkpoint_sha256
 from scalpel.medical.segmentation import SegmentationTask
-from scalpel.medical.site import normalise_hu
+from scalpel.medical.site import from_grid, normalise_hu, to_grid
 
 
 @dataclass
@@ -137,17 +139,11 @@ def _sorted_slices(datasets: list[Dataset]) -> list[Dataset]:
 
 
 def _ras_affine(datasets: list[Dataset]) -> torch.Tensor:
-    """Voxel ``(column, row, slice)`` -> RAS mm of slices sorted along their normal (DICOM PS3.3 C.7.6.2.1.1)."""
+    """Voxel ``(column, row, slice)`` -> RAS mm of slices sorted along their normal."""
     first = datasets[0]
-    orientation = np.array([float(v) for v in first.ImageOrientationPatient])
-    row_spacing, column_spacing = (float(v) for v in first.get("PixelSpacing", (1.0, 1.0)))
-    origin = np.array([float(v) for v in first.ImagePositionPatient])
-    if len(datasets) > 1:
-        step = (np.array([float(v) for v in datasets[-1].ImagePositionPatient]) - origin) / (len(datasets) - 1)
-    else:
-        step = slice_normal(orientation) * float(first.get("SliceThickness", 1.0) or 1.0)
-    lps = np.eye(4)
-    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = orientation[:3] * column_spacing, orientation[3:] * row_spacing, step, origin
+    thickness = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
+    lps = slices_affine([float(v) for v in first.ImageOrientationPatient], first.get("PixelSpacing", (1.0, 1.0)),
+                        [[float(v) for v in ds.ImagePositionPatient] for ds in datasets], thickness)
     return torch.as_tensor(LPS_TO_RAS @ lps)
 
 
@@ -162,10 +158,6 @@ def predict_labels(model: nn.Module, spec: BaseSpec, hu: torch.Tensor, affine: t
         DataError: the series is smaller than the base's patch (``X x Y`` for a 2-D base,
             after resampling), or the base needs a grid and ``affine`` is missing.
     """
-    from monai.data import MetaTensor
-
-    from scalpel.medical.site import from_grid, to_grid
-
     if hu.dim() != 3:
         raise DataError(f"a series is an (X, Y, Z) volume, got shape {tuple(hu.shape)}")
     resample = bool(spec.spacing or spec.orientation)
@@ -302,7 +294,7 @@ def find_site_adapters(base_dir: str | os.PathLike, runs_dir: str | os.PathLike)
         ``total``, ``created``, ``adapter_dir``), newest first, and how many site adapters of
         other bases were seen. Training checkpoints and intermediate ``fit/`` adapters are skipped.
     """
-    sha = base_fingerprint(base_dir)
+    sha = checkpoint_sha256(base_dir)
     rows, others = [], 0
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():

@@ -9,12 +9,13 @@ Layout (see :mod:`scalpel.medical.synthetic`)::
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from typing import TypeVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -27,7 +28,9 @@ from scalpel.core.errors import DataError, ScalpelError
 from scalpel.core.files import atomic_write
 from scalpel.medical.dicom import DeidOptions, deidentify_folder, load_label, load_series, scan_folder
 
-_LABEL_SUFFIXES = (".nii.gz", ".nii", ".dcm")
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".dcm")
+#: marker of a finished de-identified copy of a case, holding :func:`_source_stamp` of its source
+INGESTED = ".ingested"
 #: a case of any kind (a loaded :class:`Case`, a record dict): splits only reorder them
 T = TypeVar("T")
 
@@ -40,6 +43,11 @@ class Case:
     label: Tensor
     """(1, X, Y, Z) int64"""
     spacing: tuple[float, ...]
+
+
+def label_file(labels_dir: Path, case: str) -> Path | None:
+    """``labels_dir/<case>.nii.gz`` (or ``.nii``, or ``.dcm``, a DICOM SEG), the first that exists; None if none."""
+    return next((labels_dir / f"{case}{s}" for s in LABEL_SUFFIXES if (labels_dir / f"{case}{s}").is_file()), None)
 
 
 def normalise_hu(hu: Tensor, window: Sequence[float]) -> Tensor:
@@ -81,14 +89,9 @@ def ingest_site(site: str | os.PathLike, run_dir: str | os.PathLike, *, deidenti
     return target
 
 
-#: marker of a finished de-identified copy of a case, holding :func:`_source_stamp` of its source
-INGESTED = ".ingested"
-
 
 def _source_stamp(folder: Path) -> str:
     """Names, sizes and modification times of a case's files: a rerun re-ingests a case that changed."""
-    import hashlib
-
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         info = path.stat()
@@ -145,7 +148,7 @@ def load_cases(
     cases, skipped = [], []
     labels_dir = Path(labels_dir)
     for folder in sorted(p for p in Path(series_root).iterdir() if p.is_dir()):
-        label_path = next((labels_dir / f"{folder.name}{s}" for s in _LABEL_SUFFIXES if (labels_dir / f"{folder.name}{s}").is_file()), None)
+        label_path = label_file(labels_dir, folder.name)
         if label_path is None:
             skipped.append(f"{folder.name}: no label file {labels_dir}/{folder.name}.nii.gz")
             continue

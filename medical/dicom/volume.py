@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,16 +184,11 @@ def _lps_affine(series: Series, frames: list[_Frame], problems: list[str]) -> np
     first = series.files[0]
     if first.orientation is None or first.pixel_spacing is None:
         return _fallback_affine(series, problems)
-    o = np.asarray(first.orientation, dtype=np.float64)
-    normal = slice_normal(o)
+    normal = slice_normal(first.orientation)
     frames.sort(key=lambda fr: (float(np.dot(fr.position, normal)), fr.file_index, fr.frame_index))
-    row_spacing, col_spacing = first.pixel_spacing
-    affine = np.eye(4)
-    affine[:3, 0] = o[:3] * col_spacing
-    affine[:3, 1] = o[3:] * row_spacing
-    affine[:3, 3] = frames[0].position
+    thickness = _slice_thickness(series) if len(frames) == 1 else 0.0
+    affine = slices_affine(first.orientation, first.pixel_spacing, [fr.position for fr in frames], thickness)
     if len(frames) > 1:
-        affine[:3, 2] = (frames[-1].position - frames[0].position) / (len(frames) - 1)
         gaps = np.diff([float(np.dot(fr.position, normal)) for fr in frames])
         median = float(np.median(gaps))
         if np.any(np.isclose(gaps, 0.0, atol=1e-3)):
@@ -204,8 +200,24 @@ def _lps_affine(series: Series, frames: list[_Frame], problems: list[str]) -> np
                 f"series {series.key}: uneven slice spacing ({gaps.min():.4g} to {gaps.max():.4g} mm, median {median:.4g})"
                 + (f"; about {missing} slice(s) missing" if missing > 0 else ""),
             )
-    else:
-        affine[:3, 2] = normal * _slice_thickness(series)
+    return affine
+
+
+def slices_affine(orientation: Sequence[float], pixel_spacing: Sequence[float], positions: Sequence[Sequence[float]],
+                  thickness: float = 1.0) -> np.ndarray:
+    """The LPS affine of slices sorted along their normal (PS3.3 C.7.6.2.1.1): voxel ``(column, row,
+    slice)`` -> mm. ``orientation`` is ImageOrientationPatient, ``pixel_spacing`` (row, column)
+    spacing, ``positions`` each slice's ImagePositionPatient; the slice axis is the mean step from
+    the first position to the last (a gantry tilt stays exact), or the normal x ``thickness`` for one slice.
+    """
+    o = np.asarray(orientation, dtype=np.float64)
+    row_spacing, col_spacing = (float(v) for v in pixel_spacing)
+    first, last = np.asarray(positions[0], dtype=np.float64), np.asarray(positions[-1], dtype=np.float64)
+    affine = np.eye(4)
+    affine[:3, 0] = o[:3] * col_spacing
+    affine[:3, 1] = o[3:] * row_spacing
+    affine[:3, 2] = (last - first) / (len(positions) - 1) if len(positions) > 1 else slice_normal(o) * thickness
+    affine[:3, 3] = first
     return affine
 
 
