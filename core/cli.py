@@ -9,13 +9,13 @@ command exits with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from scalpel.core.config import add_config_arguments, config_from_dict, given_arguments, load_yaml_config
 from scalpel.core.errors import ScalpelError
 from scalpel.core.pipeline import COMMAND_GROUP, available_pipelines, get_pipeline
 
@@ -60,26 +60,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _add_run(commands: argparse._SubParsersAction, argv: Sequence[str] | None) -> None:
     names = sorted(available_pipelines())
-    run = commands.add_parser("run", help="train a domain pipeline", description=f"pipelines: {', '.join(names) or 'none installed'}")
-    run.add_argument("pipeline", help="e.g. " + (names[0] if names else "nlp.sentiment"))
-    run.add_argument("-c", "--config", type=Path, help="YAML config; flags given on the command line win")
-    # Flags depend on the pipeline named on the command line; add them when it is known.
-    chosen = _pipeline_named_in(argv, "run", names)
-    if chosen:
-        add_config_arguments(run, get_pipeline(chosen).config_cls)
-    run.set_defaults(handler=_run)
+    run = commands.add_parser("run", help="train a domain pipeline", add_help=False,
+                              description=f"pipelines: {', '.join(names) or 'none installed'}; "
+                                          "`scalpel run NAME --help` lists a pipeline's flags")
+    run.add_argument("pipeline", nargs="?", help="e.g. " + (names[0] if names else "nlp.sentiment"))
+    run.add_argument("rest", nargs=argparse.REMAINDER, help="-c/--config FILE.yaml and the pipeline's flags")
+    run.set_defaults(handler=_run, parser=run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if not args.pipeline or args.pipeline.startswith("-"):
+        args.parser.print_help()
+        return 0 if args.pipeline in (None, "-h", "--help") else 2
+    from scalpel.core.flags import parse_run_flags  # tyro and the run's libraries: only when running
+
     pipeline = get_pipeline(args.pipeline)
-    given = given_arguments(args, pipeline.config_cls)
-    config = (
-        load_yaml_config(pipeline.config_cls, args.config, overrides=given)
-        if args.config
-        else config_from_dict(pipeline.config_cls, given, what=f"{pipeline.name} options")
-    )
-    result = pipeline.run(config)
-    print(json.dumps({k: v for k, v in result.items() if k in ("run_dir", "metrics")}, indent=2, default=str))
+    result = pipeline.run(parse_run_flags(pipeline, args.rest))
+    print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
     return 0
 
 
@@ -105,14 +102,6 @@ def _predict(args: argparse.Namespace) -> int:
     for row in pipeline.predict(args.adapter, args.inputs, options):
         print(json.dumps(row, default=str))
     return 0
-
-
-def _pipeline_named_in(argv: Sequence[str] | None, command: str, names: list[str]) -> str | None:
-    argv = list(argv or [])
-    if command not in argv:
-        return None
-    rest = argv[argv.index(command) + 1 :]
-    return next((a for a in rest if a in names), None)
 
 
 if __name__ == "__main__":

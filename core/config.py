@@ -3,7 +3,6 @@ conversion to and from plain dicts (JSON/YAML) and command-line flags."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import types
 import typing
@@ -36,69 +35,45 @@ def config_from_dict(cls: type[C], data: dict[str, Any], what: str | None = None
     unknown = sorted(set(data) - known)
     raise_if_problems(
         what or cls.__name__,
-        [f"unknown key {k!r}; known keys: {', '.join(sorted(known))}" for k in unknown],
+        [f"unknown key {k!r}; known keys: {', '.join(sorted(known))}" for k in unknown] + type_problems(cls, data),
     )
     hints = typing.get_type_hints(cls)
     values = {k: _coerce(hints.get(k), v) for k, v in data.items()}
     return cls(**values)
 
 
-def load_yaml_config(cls: type[C], path: str | Path, overrides: dict[str, Any] | None = None) -> C:
-    """Read a YAML config file into ``cls``; ``overrides`` win over the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(cls.__name__, [f"config file {path} does not exist"])
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(cls.__name__, [f"{path} is not valid YAML: {err}"]) from err
-    if not isinstance(data, dict):
-        raise ConfigError(cls.__name__, [f"{path} must hold a mapping of keys to values"])
-    data.update(overrides or {})
-    return config_from_dict(cls, data, what=f"config {path}")
-
-
-def dump_yaml(config: Any) -> str:
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one ``--flag`` per dataclass field; help comes from ``field(metadata={"help": ...})``.
-
-    Every flag defaults to ``None`` ("not given"), so :func:`given_arguments` can tell a
-    flag the user typed from the dataclass default and a YAML file can fill the rest.
-    """
+def type_problems(cls: type, data: dict[str, Any], where: str = "") -> list[str]:
+    """Every value of ``data`` whose type does not fit its field of ``cls`` (YAML is typed too:
+    ``epochs: three`` is refused, not passed on). Unknown keys are not checked here."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = _base_type(hints[f.name])
-        default = _default_of(f)
-        help_text = f.metadata.get("help", "")
-        help_text = f"{help_text} (default: {default})" if default is not dataclasses.MISSING else help_text
-        if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif kind in (list, tuple):
-            parser.add_argument(flag, dest=f.name, nargs="+", default=None, help=help_text)
-        elif kind in (dict,):
-            parser.add_argument(flag, dest=f.name, type=yaml.safe_load, default=None, help=help_text + " (YAML)")
-        else:
-            parser.add_argument(flag, dest=f.name, type=kind if kind in (int, float) else str, default=None, help=help_text)
+    return [problem for name, value in data.items() if name in hints
+            for problem in [_value_problem(f"{where}{name}", hints[name], value)] if problem]
 
 
-def given_arguments(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The config fields the user gave on the command line."""
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    return {k: v for k, v in vars(namespace).items() if k in names and v is not None}
-
-
-def _default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return dataclasses.MISSING
+def _value_problem(name: str, hint: Any, value: Any) -> str | None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = [_value_problem(name, a, value) for a in args if a is not type(None)]
+        return None if any(p is None for p in problems) else problems[0]
+    if origin is typing.Literal:
+        return None if value in args else f"{name} must be one of {', '.join(map(repr, args))}, got {value!r}"
+    if origin in (tuple, list) or hint in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return f"{name} must be a list, got {type(value).__name__} {value!r}"
+        item = args[0] if args else Any
+        if item is Any:
+            return None
+        return next((p for v in value for p in [_value_problem(f"{name} item", item, v)] if p), None)
+    if origin is dict or hint is dict:
+        return None if isinstance(value, dict) else f"{name} must be a mapping, got {type(value).__name__} {value!r}"
+    kind = {float: (int, float), int: (int,), bool: (bool,), str: (str,), Path: (str, Path)}.get(hint)
+    if kind is None:
+        return None
+    if isinstance(value, bool) and hint is not bool:
+        return f"{name} must be {hint.__name__}, got a boolean {value!r}"
+    return None if isinstance(value, kind) else f"{name} must be {hint.__name__}, got {type(value).__name__} {value!r}"
 
 
 def _base_type(hint: Any) -> Any:

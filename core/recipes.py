@@ -1,14 +1,19 @@
-"""Methods by name, for pipelines and the CLI: ``adapt(model, "lora", targets=..., head=[...])``.
+"""Methods by name: a :class:`~scalpel.core.options.MethodOptions` becomes method configs.
 
-Domain pipelines offer the same menu (``lora``, ``dora``, ``rslora``, ``sparse``,
-``layerwise``, ``bitfit``, ``full``); this module turns a name plus a few options into
-method configs and applies them, with the task head trained in full for every method.
+Every pipeline offers the same menu (``lora``, ``dora``, ``rslora``, ``sparse``,
+``layerwise``, ``bitfit``, ``full``). A recipe turns the options plus what the pipeline
+knows of its model family (:class:`ModelDefaults`: head, default targets and blocks) into
+the configs :func:`scalpel.core.apply` takes. A new method is one recipe registered here
+(``RECIPES.add("mine", recipe)``); every pipeline, flag and YAML file then accepts
+``method: mine``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -18,42 +23,68 @@ from scalpel.core.errors import ConfigError, TargetNotFoundError
 from scalpel.core.layerwise import FullConfig, LayerwiseConfig
 from scalpel.core.lora import LoraConfig
 from scalpel.core.methods import apply
+from scalpel.core.options import MethodOptions
 from scalpel.core.registry import Registry
 from scalpel.core.sparse import SparseConfig
 
-#: name -> (targets, head, options) -> the configs to apply, in order
-Recipe = Callable[[str | None, Sequence[str], dict[str, Any]], list[Any]]
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a pipeline knows about its model family, used where the options leave a choice open.
+
+    Attributes:
+        head: modules trained in full whatever the method (classifier, box predictor, ...).
+        targets: module-name regex LoRA and sparse adapt when ``options.targets`` is empty;
+            None: every linear layer (LoRA) or every weight (sparse), unless ``target_types``.
+        target_types: layer class names LoRA adapts when no regex is given (``Conv3d``, ...).
+        blocks: blocks ``layerwise`` trains when ``options.blocks`` is empty.
+    """
+
+    head: tuple[str, ...] = ()
+    targets: str | None = None
+    target_types: tuple[str, ...] = ()
+    blocks: tuple[str, ...] = ("last 2",)
+
+
+#: name -> (options, defaults) -> the configs to apply, in order
+Recipe = Callable[[MethodOptions, ModelDefaults], list[Any]]
 RECIPES: Registry[Recipe] = Registry("method recipe")
 
 
-def adapt(
-    model: nn.Module,
-    method: str,
-    *,
-    targets: str | None = None,
-    head: Sequence[str] = (),
-    data: Iterable[Any] | None = None,
-    adapter_name: str = "default",
-    **options: Any,
-) -> nn.Module:
-    """Apply the method called ``method`` to ``model`` and train ``head`` in full.
+def method_configs(options: MethodOptions, defaults: ModelDefaults = ModelDefaults()) -> list[Any]:
+    """The method configs ``options`` stands for (refuses an unknown method with the known ones)."""
+    return RECIPES.get(options.method)(options, defaults)
+
+
+def adapt_model(model: nn.Module, options: MethodOptions, defaults: ModelDefaults = ModelDefaults(), *,
+                data: Iterable[Any] | None = None, adapter_name: str = "default") -> nn.Module:
+    """Apply ``options`` to ``model`` and train ``defaults.head`` in full.
 
     Args:
-        method: one of :func:`method_names`.
-        targets: module-name regex for LoRA and sparse (e.g. ``"query|value"``); None: the
-            recipe's default (every linear layer for LoRA, every weight for sparse).
-        head: names of modules always trained in full (classifier, box predictor, ...).
-        data: batches for data-driven selection (sparse Fisher/gradient scorers, Auto-RGN).
-        options: method options: ``r``, ``alpha``, ``dropout`` (LoRA family); ``density``,
-            ``scorer``, ``regrow_every`` (sparse); ``blocks`` (layer-wise).
+        data: batches for data-driven selection (sparse Fisher/gradient scorers, Auto-RGN),
+            e.g. ``ScoringData(batches, loss_fn)``.
     """
-    recipe = RECIPES.get(method)
-    configs = recipe(targets, head, dict(options))
+    configs = method_configs(options, defaults)
     for config in configs:
         model = apply(model, config, data=data, adapter_name=adapter_name)
-    if head and not any(isinstance(c, (LoraConfig, FullConfig)) for c in configs):
-        train_in_full(model, head, adapter_name)  # LoRA keeps per-adapter head copies itself
+    if defaults.head and not any(isinstance(c, (LoraConfig, FullConfig)) for c in configs):
+        train_in_full(model, defaults.head, adapter_name)  # LoRA keeps per-adapter head copies itself
     return model
+
+
+def adapt(model: nn.Module, method: str, *, targets: str | None = None, head: Sequence[str] = (),
+          target_types: Sequence[str] = (), data: Iterable[Any] | None = None, adapter_name: str = "default",
+          **options: Any) -> nn.Module:
+    """Keyword shorthand of :func:`adapt_model`: ``adapt(model, "lora", targets="query|value", r=4)``.
+
+    ``options`` are :class:`MethodOptions` fields; an unknown one is a :class:`ConfigError`.
+    """
+    known = {f.name for f in dataclasses.fields(MethodOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError("method options", [f"unknown option {k!r}; known: {', '.join(sorted(known))}" for k in unknown])
+    defaults = ModelDefaults(head=tuple(head), targets=targets, target_types=tuple(target_types))
+    return adapt_model(model, MethodOptions(method=method, **options), defaults, data=data, adapter_name=adapter_name)
 
 
 def method_names() -> list[str]:
@@ -75,52 +106,47 @@ def train_in_full(model: nn.Module, module_names: Sequence[str], adapter_name: s
     refresh_trainable(model)
 
 
-def _pop(options: dict[str, Any], **defaults: Any) -> dict[str, Any]:
-    picked = {k: options.pop(k, v) for k, v in defaults.items()}
-    if options:
-        raise ConfigError("method options", [f"unknown option {k!r} for this method" for k in sorted(options)])
-    return picked
+def _targets(options: MethodOptions, defaults: ModelDefaults) -> str | None:
+    return options.targets or defaults.targets
 
 
 def _lora(use_dora: bool = False, use_rslora: bool = False) -> Recipe:
-    def recipe(targets: str | None, head: Sequence[str], options: dict[str, Any]) -> list[Any]:
-        o = _pop(options, r=8, alpha=16.0, dropout=0.0, target_types=())
+    def recipe(options: MethodOptions, defaults: ModelDefaults) -> list[Any]:
+        targets = _targets(options, defaults)
         return [
             LoraConfig(
-                r=o["r"],
-                alpha=float(o["alpha"]),
-                dropout=o["dropout"],
-                targets=targets if targets or o["target_types"] else "all-linear",
-                target_types=tuple(o["target_types"]),
+                r=options.r,
+                alpha=float(options.alpha),
+                dropout=options.dropout,
+                targets=targets if targets or defaults.target_types else "all-linear",
+                target_types=tuple(defaults.target_types),
+                exclude=options.exclude or None,
                 use_dora=use_dora,
                 use_rslora=use_rslora,
-                modules_to_save=tuple(head),
+                modules_to_save=tuple(defaults.head),
             )
         ]
 
     return recipe
 
 
-def _sparse(targets: str | None, head: Sequence[str], options: dict[str, Any]) -> list[Any]:
-    o = _pop(options, density=0.01, scorer="fisher", regrow_every=0, allocation="global", num_batches=8)
-    exclude = "|".join(rf"(^|\.){re.escape(h)}(\.|$)" for h in head) or None
-    return [SparseConfig(targets=targets, exclude=exclude, **o)]
+def _sparse(options: MethodOptions, defaults: ModelDefaults) -> list[Any]:
+    never = [rf"(^|\.){re.escape(h)}(\.|$)" for h in defaults.head] + ([options.exclude] if options.exclude else [])
+    return [SparseConfig(targets=_targets(options, defaults), exclude="|".join(never) or None, density=options.density,
+                         scorer=options.scorer, regrow_every=options.regrow_every, num_batches=options.scoring_batches,
+                         seed=0)]
 
 
-def _layerwise(targets: str | None, head: Sequence[str], options: dict[str, Any]) -> list[Any]:
-    o = _pop(options, blocks=("last 2",))
-    blocks = (o["blocks"],) if isinstance(o["blocks"], str) else tuple(o["blocks"])
-    return [LayerwiseConfig(blocks=blocks, train_head=False)]
+def _layerwise(options: MethodOptions, defaults: ModelDefaults) -> list[Any]:
+    return [LayerwiseConfig(blocks=options.blocks or defaults.blocks, train_head=False)]
 
 
-def _bitfit(targets: str | None, head: Sequence[str], options: dict[str, Any]) -> list[Any]:
-    _pop(options)
+def _bitfit(options: MethodOptions, defaults: ModelDefaults) -> list[Any]:
     return [LayerwiseConfig(bitfit=True, train_head=False)]
 
 
-def _full(targets: str | None, head: Sequence[str], options: dict[str, Any]) -> list[Any]:
-    _pop(options)
-    return [FullConfig()]
+def _full(options: MethodOptions, defaults: ModelDefaults) -> list[Any]:
+    return [FullConfig(exclude=options.exclude or None)]
 
 
 RECIPES.add("lora", _lora())

@@ -29,7 +29,7 @@ from scalpel.core.config import config_to_dict
 from scalpel.core.delta import base_parameters, fingerprint, has_state, state_of
 from scalpel.core.errors import CheckpointError, ScalpelError
 from scalpel.core.files import read_safetensors, write_json, write_safetensors
-from scalpel.core.fit_config import FitConfig
+from scalpel.core.fit.config import FitConfig
 from scalpel.core.run_files import RunDirectory
 
 CHECKPOINT_FORMAT = 1
@@ -125,7 +125,7 @@ class TrainedState:
     def tensors(self) -> dict[str, torch.Tensor]:
         """Trained tensors by name: complete on the main process (may be empty elsewhere)."""
         if self.fsdp:
-            from scalpel.core.fit_fsdp import full_model_state
+            from scalpel.core.fit.fsdp import full_model_state
 
             full = full_model_state(self.wrapped)
             buffers = {n for n, _ in _persistent_buffers(self.model)}
@@ -142,7 +142,7 @@ class TrainedState:
         if missing:
             raise CheckpointError(f"{source} lacks trained tensor {missing[0]!r} ({len(missing)} missing); it belongs to another model")
         if self.fsdp:
-            from scalpel.core.fit_fsdp import load_full_model_state
+            from scalpel.core.fit.fsdp import load_full_model_state
 
             load_full_model_state(self.wrapped, tensors)
             return
@@ -156,7 +156,7 @@ class TrainedState:
 
     def optimizer_state(self) -> dict[str, Any]:
         if self.fsdp:
-            from scalpel.core.fit_fsdp import full_optimizer_state
+            from scalpel.core.fit.fsdp import full_optimizer_state
 
             return full_optimizer_state(self.wrapped, self.optimizer)
         return self.optimizer.state_dict() if self.main else {}
@@ -164,7 +164,7 @@ class TrainedState:
     def load_optimizer_state(self, state: dict[str, Any], source: Path) -> None:
         try:
             if self.fsdp:
-                from scalpel.core.fit_fsdp import load_full_optimizer_state
+                from scalpel.core.fit.fsdp import load_full_optimizer_state
 
                 load_full_optimizer_state(self.wrapped, self.optimizer, state)
             else:

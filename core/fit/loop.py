@@ -36,8 +36,8 @@ from torch import Tensor, nn
 
 from scalpel.core.config import config_to_dict
 from scalpel.core.errors import DataError, ScalpelError, TrainingError
-from scalpel.core.fit_config import FitConfig
-from scalpel.core.fit_setup import (
+from scalpel.core.fit.config import FitConfig
+from scalpel.core.fit.setup import (
     build_optimizer,
     enable_gradient_checkpointing,
     make_accelerator,
@@ -46,7 +46,7 @@ from scalpel.core.fit_setup import (
     same_on_all_ranks,
     samples_in,
 )
-from scalpel.core.fit_state import Progress, TrainedState, run_fingerprint
+from scalpel.core.fit.state import Progress, TrainedState, run_fingerprint
 from scalpel.core.run_files import RunDirectory
 from scalpel.core.schedules import lr_at, warmup_steps_for
 

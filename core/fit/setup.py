@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from scalpel.core.errors import MissingDependencyError, ScalpelError
-from scalpel.core.fit_config import FitConfig
+from scalpel.core.fit.config import FitConfig
 
 #: tracker -> packages that provide it (Accelerate falls back to tensorboardX), extra that installs it
 _TRACKER_PACKAGES = {"tensorboard": (("tensorboardX", "tensorboard"), "tracking"), "mlflow": (("mlflow",), None)}
