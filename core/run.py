@@ -130,7 +130,7 @@ class RunResult:
 
 
 def run_adaptation(kit_builder: Callable[[Path], Kit], method: MethodOptions, train: TrainOptions, *,
-                   run_config: dict[str, Any] | None = None, default_dir: str = "runs/run") -> RunResult:
+                   run_config: dict[str, Any] | None = None, default_dir: str = "runs/run", claim: bool = True) -> RunResult:
     """Run one adaptation: the same steps for every pipeline.
 
     Args:
@@ -139,9 +139,11 @@ def run_adaptation(kit_builder: Callable[[Path], Kit], method: MethodOptions, tr
         method: what is trained.
         train: how; ``train.output_dir`` (default ``default_dir``) is the run directory.
         run_config: the full resolved settings, written to ``config.yaml`` under ``run:``.
+        claim: apply :func:`claim_run_dir`; False when the caller already claimed the folder
+            (a fold loop that claims the site's run once, then writes folds and the final run into it).
     """
     run_dir = Path(train.output_dir or default_dir)
-    resuming = claim_run_dir(run_dir, train)
+    resuming = claim_run_dir(run_dir, train) if claim else bool(train.resume and list_checkpoints(run_dir / "checkpoints"))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(train.seed)

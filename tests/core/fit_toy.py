@@ -129,7 +129,7 @@ def _fsdp_state_child() -> None:
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    from scalpel.core.fit_fsdp import full_model_state, full_optimizer_state, load_full_model_state, load_full_optimizer_state
+    from scalpel.core.fit.fsdp import full_model_state, full_optimizer_state, load_full_model_state, load_full_optimizer_state
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
