@@ -38,12 +38,15 @@ class ModelDefaults:
             None: every linear layer (LoRA) or every weight (sparse), unless ``target_types``.
         target_types: layer class names LoRA adapts when no regex is given (``Conv3d``, ...).
         blocks: blocks ``layerwise`` trains when ``options.blocks`` is empty.
+        block_map: ``(name, regex)`` pairs in depth order for a model whose blocks are not
+            found from its structure (layer-wise selection and LR decay); None: found.
     """
 
     head: tuple[str, ...] = ()
     targets: str | None = None
     target_types: tuple[str, ...] = ()
     blocks: tuple[str, ...] = ("last 2",)
+    block_map: tuple[tuple[str, str], ...] | None = None
 
 
 #: name -> (options, defaults) -> the configs to apply, in order
@@ -138,11 +141,11 @@ def _sparse(options: MethodOptions, defaults: ModelDefaults) -> list[Any]:
 
 
 def _layerwise(options: MethodOptions, defaults: ModelDefaults) -> list[Any]:
-    return [LayerwiseConfig(blocks=options.blocks or defaults.blocks, train_head=False)]
+    return [LayerwiseConfig(blocks=options.blocks or defaults.blocks, train_head=False, block_map=defaults.block_map)]
 
 
 def _bitfit(options: MethodOptions, defaults: ModelDefaults) -> list[Any]:
-    return [LayerwiseConfig(bitfit=True, train_head=False)]
+    return [LayerwiseConfig(bitfit=True, train_head=False, block_map=defaults.block_map)]
 
 
 def _full(options: MethodOptions, defaults: ModelDefaults) -> list[Any]:

@@ -261,9 +261,10 @@ def _groups_and_hooks(model: nn.Module, task: Task, method: MethodOptions, confi
     """Parameter groups (layer-wise LR decay, a teacher's projections) and step hooks (distillation, sparse regrowth)."""
     groups = None
     if method.lr_decay < 1:
+        from scalpel.core.layerwise.blocks import block_map
         from scalpel.core.layerwise.llrd import llrd_param_groups
 
-        groups = llrd_param_groups(model, method.lr_decay)
+        groups = llrd_param_groups(model, method.lr_decay, block_map(model, kit.defaults.block_map))
     hooks: list[Any] = []
     if hasattr(task, "param_groups"):
         groups = task.param_groups(groups=groups) if groups is not None else task.param_groups(model)
