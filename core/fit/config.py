@@ -48,7 +48,7 @@ class FitConfig:
     log_every: int = field(default=10, metadata={"help": "write a metrics.jsonl line every N steps"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar (only on a terminal, main process)"})
     trackers: tuple[str, ...] = field(default=(), metadata={"help": "also log to: tensorboard, mlflow"})
-    run_name: str | None = field(default=None, metadata={"help": "tracker run name (default: the output_dir's name)"})
+    run_name: str | None = field(default=None, metadata={"help": "the run's name: title of the progress bar and tracker run name (default: the output_dir's name)"})
 
     def __post_init__(self) -> None:
         problems = []
