@@ -66,6 +66,8 @@ BENCHMARKS = (
               quick_out=("--no-write", "--output-dir", "{dir}/vision-runs"), method_doc="vision.md"),
     Benchmark("medical", "Medical: site adaptation (scanner A -> B)", "medical.py", method_doc="medical.md"),
     Benchmark("dicom_io", "DICOM series loading vs MONAI", "dicom_io.py", method_doc="medical-io.md"),
+    Benchmark("config_cli", "Flags from dataclasses: tyro, jsonargparse, HfArgumentParser", "config_cli.py",
+              method_doc="architecture.md"),
     Benchmark("gpu_smoke", "GPU smoke test of fit (LoRA, 0.5B decoder, bf16)", "gpu_smoke.py", method_doc="training.md"),
     Benchmark("gpu_smoke_cpu", "fit smoke test on CPU (tiny decoder)", "gpu_smoke.py", method_doc="training.md"),
 )
