@@ -59,9 +59,10 @@ def _tyro_parse(pipeline: Pipeline, start: Settings, argv: list[str]) -> Setting
     import tyro
 
     flat = tyro.conf.OmitArgPrefixes  # one flag namespace: --r, not --method.r
-    Flags = dataclasses.make_dataclass("Flags", [("options", flat[pipeline.options_cls]), ("method", flat[MethodOptions]),
+    domain = pipeline.name.split(".")[0]  # the help's groups: "<domain> options", "method options", "train options"
+    Flags = dataclasses.make_dataclass("Flags", [(domain, flat[pipeline.options_cls]), ("method", flat[MethodOptions]),
                                                  ("train", flat[TrainOptions])], frozen=True)
     Flags.__doc__ = f"scalpel run {pipeline.name}: {pipeline.summary}\n\n-c/--config FILE.yaml: settings by flag name (flags win)."
     parsed: Any = tyro.cli(Flags, default=Flags(start.options, start.method, start.train), args=argv,
                            prog=f"scalpel run {pipeline.name}")
-    return Settings(parsed.options, parsed.method, parsed.train)
+    return Settings(getattr(parsed, domain), parsed.method, parsed.train)
