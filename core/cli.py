@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -40,6 +41,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # One progress bar per run (fit's, titled with the run): not the weight-loading and download
+    # bars of transformers / huggingface_hub, which read this before they are imported.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         parser = build_parser(argv)
         # `predict NAME --adapter DIR "text" ...`: argparse gives the positional inputs up once

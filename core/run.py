@@ -157,9 +157,9 @@ def run_adaptation(kit_builder: Callable[[Path], Kit], method: MethodOptions, tr
     task = _with_teacher(kit, method)
     param_groups, hooks = _groups_and_hooks(model, task, method, configs, kit, train)
     total_steps = planned_steps(kit.train_data, train)
-    fit_config = dataclasses.replace(
+    fit_config = dataclasses.replace(  # the progress bar's title says which run it is, e.g. "nlp.sentiment/lora"
         train.fit_config(str(run_dir), metric=kit.metric, greater_is_better=kit.greater_is_better, total_steps=total_steps),
-        resume=resuming)
+        resume=resuming, run_name=f"{kit.pipeline}/{run_dir.name}")
     fitted = fit(model, task, kit.train_data, kit.eval_data, fit_config, param_groups=param_groups, hooks=hooks,
                  run_config=run_config, adapter_metadata=kit.adapter_metadata)
 
