@@ -25,6 +25,7 @@ from scalpel.core.artifacts import SCALPEL_FILE, STATS_PREFIX, WEIGHTS_FILE, loa
 from scalpel.core.delta import adapter_of, base_name, load_norm_statistics, set_active_adapter
 from scalpel.core.errors import AdapterError
 from scalpel.core.files import read_json, read_safetensors
+from scalpel.core.run import RESULT_FILE
 
 RUNS_ENV = "SCALPEL_RUNS"
 DEFAULT_RUNS = "runs"
@@ -52,6 +53,8 @@ class RunInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    before: dict[str, Any] = field(default_factory=dict)
+    """the base's metrics, from the run's ``result.json`` (:class:`scalpel.core.run.RunResult`) when it has one"""
 
     @property
     def trainable_percent(self) -> float | None:
@@ -71,6 +74,8 @@ class RunInfo:
         for key, value in self.metrics.items():
             if isinstance(value, (int, float)):
                 row[key] = round(float(value), 4)
+                if isinstance(self.before.get(key), (int, float)):
+                    row[f"{key} (base)"] = round(float(self.before[key]), 4)
         return row
 
 
@@ -92,8 +97,21 @@ def read_run(adapter_dir: Path, root: Path | None = None) -> RunInfo:
         methods=tuple(str(m.get("method", "?")) for m in meta.get("methods", []) if isinstance(m, dict)),
         base_model=base_text, trainable_parameters=meta.get("trainable_parameters"),
         total_parameters=meta.get("total_parameters"), metrics=dict(meta.get("metrics") or {}), extra=dict(extra),
-        created=str(meta.get("created", "")),
+        created=str(meta.get("created", "")), before=_base_metrics(adapter_dir),
     )
+
+
+def _base_metrics(adapter_dir: Path) -> dict[str, Any]:
+    """The run's metrics before training, when the adapter is the one its run wrote last."""
+    result = adapter_dir.parent / RESULT_FILE
+    if not result.is_file():
+        return {}
+    try:
+        data = read_json(result)
+    except Exception:  # noqa: BLE001  a damaged result.json only loses the "base" column
+        return {}
+    same = isinstance(data, dict) and Path(str(data.get("adapter_dir", ""))).name == adapter_dir.name
+    return dict(data.get("before") or {}) if same else {}
 
 
 def find_runs(root: str | os.PathLike, tasks: tuple[str, ...] | None = None) -> tuple[list[RunInfo], list[str]]:

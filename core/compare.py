@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from scalpel.core.run import RunResult
+
 HEADER = ("| task | model | method | metric | before | after | trainable | share | time vs full | adapter |\n"
           "|---|---|---|---|---:|---:|---:|---:|---:|---:|")
 
 
-def comparison_table(rows: list[dict[str, Any]]) -> list[str]:
-    """The markdown lines of one table: header, rule, one line per row."""
+def comparison_table(rows: list[dict[str, Any] | RunResult]) -> list[str]:
+    """The markdown lines of one table: header, rule, one line per row (a dict, or a
+    :class:`~scalpel.core.run.RunResult`, whose :meth:`~scalpel.core.run.RunResult.row` is used)."""
+    rows = [r.row() if isinstance(r, RunResult) else r for r in rows]
     full = {r["task"]: r["train_seconds"] for r in rows if r["method"] == "full"}
     lines = HEADER.splitlines()
     for r in rows:

@@ -47,6 +47,16 @@ def test_find_runs_reads_metadata_and_filters_by_task(tmp_path):
     assert 0 < row["trainable %"] < 100
 
 
+def test_a_run_of_the_run_contract_shows_its_base_metrics_beside_the_adapted_ones(tmp_path):
+    from toy_pipeline import TOY
+
+    result = TOY.run(output_dir=str(tmp_path / "toy-lora"), method="lora", r=2, max_steps=4)
+    (info,), _ = find_runs(tmp_path)
+    row = info.summary()
+    assert row["accuracy"] == pytest.approx(result.after["accuracy"], abs=1e-4)
+    assert row["accuracy (base)"] == pytest.approx(result.before["accuracy"], abs=1e-4)
+
+
 def test_no_runs_dir_gives_nothing(tmp_path):
     assert find_runs(tmp_path / "missing") == ([], [])
 
