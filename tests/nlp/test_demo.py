@@ -36,3 +36,7 @@ def test_quick_demo_rows(tmp_path):
     assert "model:" in chat["examples"][0]["text"]
     assert (tmp_path / "nlp" / "report.md").read_text().count("| sentiment |") == len(METHODS)
     assert json.loads((tmp_path / "nlp" / "results.json").read_text())[0]["method"] == METHODS[0]
+    # a rerun into the same folder replaces the earlier runs instead of refusing them
+    again = run_demo(tmp_path / "nlp", quick=True, methods=("lora",), size=TINY)
+    assert [(r["task"], r["method"]) for r in again] == [("sentiment", "lora"), ("chat", "lora")]
+    assert again[0]["run_dir"] == rows[0]["run_dir"] and again[-1]["run_dir"] == chat["run_dir"]

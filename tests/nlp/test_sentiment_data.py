@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from scalpel.core.errors import DataError
-from scalpel.nlp.sentiment.config import SentimentConfig
+from scalpel.nlp.sentiment.config import SentimentOptions
 from scalpel.nlp.sentiment.data import LabelMap, TruncationCounter, encode_texts, load_splits, stratified_split
 from scalpel.nlp.tables import TextTable
 
@@ -43,7 +43,7 @@ def test_split_of_too_small_file_says_so():
 def test_load_splits_from_one_csv(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("text,label\n" + "".join(f"text {i},{i % 3}\n" for i in range(90)) + "broken,1,2\n")
-    splits = load_splits(SentimentConfig(train_file=str(path), validation_fraction=0.2, test_fraction=0.2))
+    splits = load_splits(SentimentOptions(train_file=str(path), validation_fraction=0.2, test_fraction=0.2), seed=0)
     assert splits.labels.names == ("0", "1", "2")
     assert (len(splits.train.texts), len(splits.validation.texts), len(splits.test.texts)) == (54, 18, 18)
     assert splits.skipped == 1
