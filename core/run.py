@@ -171,8 +171,9 @@ def run_adaptation(kit_builder: Callable[[Path], Kit], method: MethodOptions, tr
         method=method.method, metric=kit.metric, greater_is_better=kit.greater_is_better, before=dict(before),
         after=dict(after or {}), trainable=trainable, total=total, train_seconds=fitted.train_seconds,
         adapter_bytes=adapter_bytes(adapter_dir), peak_memory=peak_memory(), steps=fitted.steps)
-    if kit.finish is not None:
-        result = dataclasses.replace(result, extras=kit.finish(model, result) or {})
+    if kit.finish is not None:  # files it adds beside the adapter (a tokenizer) ship with it, so count them
+        extras = kit.finish(model, result) or {}
+        result = dataclasses.replace(result, extras=extras, adapter_bytes=adapter_bytes(adapter_dir))
     _append_report(run_dir, result, method, kit.report(model, result) if kit.report else [])
     write_json(run_dir / RESULT_FILE, dataclasses.asdict(result))
     return result

@@ -213,7 +213,7 @@ def chat_row(output_dir: Path, size: DemoSize) -> dict[str, Any]:
                  "text": f"user: {s['prompt']}\nreference: {s['reference']}\nmodel: {s['reply']}"} for s in result.extras["samples"]]
     return {
         **result.row(), "domain": "nlp", "task": "chat", "model": DECODER, "metric": "held-out assistant-token loss",
-        "adapter_bytes": result.extras["adapter_folder_bytes"],  # with the tokenizer and template it needs
+        "adapter_bytes": result.adapter_bytes,  # with the tokenizer and template it needs
         "curve": _curve(Path(result.run_dir)), "examples": examples,
         "before_means": "the pre-trained base before instruction tuning (lower loss is better)",
     }

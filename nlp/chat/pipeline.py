@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from scalpel.core.artifacts import adapter_bytes, load_adapter, read_adapter_meta
+from scalpel.core.artifacts import load_adapter, read_adapter_meta
 from scalpel.core.errors import AdapterError, DataError
 from scalpel.core.options import MethodOptions, TrainOptions
 from scalpel.core.pipeline import Pipeline
@@ -104,8 +104,7 @@ class ChatOutputs:
             prompt = messages[: next(i for i, m in enumerate(messages) if m["role"] == "assistant")]
             samples.append({"prompt": prompt[-1]["content"], "reference": messages[len(prompt)]["content"],
                             "reply": reply(model, self.tokenizer, prompt, max_new_tokens=40, temperature=0.0)})
-        # result.adapter_bytes was measured before the tokenizer joined the adapter; this is the folder as shipped
-        return {"samples": samples, "tokenizer_dir": result.adapter_dir, "adapter_folder_bytes": adapter_bytes(result.adapter_dir)}
+        return {"samples": samples, "tokenizer_dir": result.adapter_dir}
 
     def report(self, model: nn.Module, result: RunResult) -> list[str]:
         before, after = result.before, result.after

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from scalpel.core.artifacts import adapter_bytes
 from scalpel.core.cli import main
 from scalpel.core.errors import ConfigError, DataError
 from scalpel.core.run import RunResult
@@ -37,7 +38,8 @@ def test_chat_end_to_end(tmp_path, tiny_llama_dir, packing, capsys):
         assert (adapter / name).is_file(), name
     assert load_chat_tokenizer(str(adapter)).chat_template == json.loads((adapter / "scalpel.json").read_text())["extra"]["chat_template"]
     assert [set(s) for s in result.extras["samples"]] == [{"prompt", "reference", "reply"}]
-    assert result.extras["adapter_folder_bytes"] > result.adapter_bytes  # the tokenizer travels with the adapter
+    assert result.adapter_bytes == adapter_bytes(adapter)  # the tokenizer travels with the adapter and counts
+    assert result.adapter_bytes > (adapter / "adapter_model.safetensors").stat().st_size + (adapter / "tokenizer_config.json").stat().st_size
     report = (out / "report.md").read_text()
     assert "held-out assistant-token loss: before" in report and "Sample replies" in report
     assert RunResult.read(out) == result
