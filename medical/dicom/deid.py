@@ -11,28 +11,43 @@ depth; private attributes are removed unless listed as safe. Options (PS3.15 E.3
 - ``clean_descriptors``: descriptions and comments are kept with the patient's names, IDs,
   dates and long digit runs taken out (a text filter: review free text before release).
 
+Dates and times are also found by their value representation: every DA, DT and TM element
+the table does not name (``RTPlanDate``, ``ObservationDateTime``, ... at any depth) gets the
+treatment of the named ones - emptied, or shifted with the patient's other dates under
+``retain_longitudinal_dates`` - unless ``keep_date_attributes`` lists it.
+
 Replacements are keyed by a secret (``key``): the same input UID always gives the same
 output UID (``2.25.<uuid>`` from a hash of key and UID), the same patient the same
 pseudonym and date shift, so studies and series stay grouped, and runs with the same key
-stay consistent with each other. Without a key a random one is used for the run.
+stay consistent with each other. Without a key a random one is used for the run. A key kept
+in a file is read with :func:`read_key_file`, which refuses a missing or empty file rather
+than falling back to a random key (the pseudonyms would then change between runs).
+
+The file meta group is rebuilt from the de-identified data set, so no original UID and no
+sender's name survive in it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from pathlib import Path
 
+import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from scalpel.core.config import raise_if_problems
+from scalpel.core.errors import ScalpelError
 from scalpel.medical.dicom.annex_e import (
     BASIC_PROFILE_TAGS,
     CLEAN_DESCRIPTORS,
@@ -50,12 +65,19 @@ _DUMMY = {
     "TM": "000000", "DT": "19000101000000", "AS": "000Y", "IS": "0", "DS": "0",
 }
 _NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
+_DATE_VRS = ("DA", "DT", "TM")
 _REMOVED_TEXT = "[removed]"
-#: File meta information (group 0002) that can name a station or carry private data.
-_META_IDENTIFYING = (
-    "SourceApplicationEntityTitle", "SendingApplicationEntityTitle", "ReceivingApplicationEntityTitle",
-    "PrivateInformationCreatorUID", "PrivateInformation",
-)
+#: File meta elements rebuilt by the writer (lengths, version, who wrote the file): never logged as removed.
+_META_REBUILT = ("FileMetaInformationGroupLength", "FileMetaInformationVersion", "MediaStorageSOPClassUID",
+                 "TransferSyntaxUID", "ImplementationClassUID", "ImplementationVersionName")
+#: How to make a key file, for the messages about a missing or empty one.
+_MAKE_KEY = ("create one with `python -c \"import secrets; print(secrets.token_hex(32))\" > {path}` "
+             "(or add --create-key-file), keep it private and outside the output, and reuse it for every run whose "
+             "pseudonyms must match")
+
+
+class KeyFileError(ScalpelError):
+    """The file that should hold the de-identification key is missing, empty or misplaced."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,9 @@ class DeidOptions:
     allow_burned_in_annotation: bool = field(default=False, metadata={"help": "process files flagged BurnedInAnnotation=YES"})
     """Files flagged BurnedInAnnotation=YES carry text in their pixels; pixel redaction is out
     of scope, so they are refused unless this is set (and you have checked them)."""
+    keep_date_attributes: tuple[str, ...] = field(default=(), metadata={"help": "DA/DT/TM keywords outside the profile table to keep"})
+    """Dates and times the profile table does not name that are kept unchanged (keywords, e.g.
+    ``"RTPlanDate"``); every other DA/DT/TM element is treated like the named ones."""
     key: str | None = field(default=None, metadata={"help": "secret for consistent UIDs/pseudonyms across runs"})
     strict: bool = field(default=False, metadata={"help": "stop at the first unreadable file"})
     workers: int | None = None
@@ -84,7 +109,23 @@ class DeidOptions:
         for entry in self.safe_private_tags:
             if _parse_safe(entry) is None:
                 problems.append(f"safe private tag {entry!r} is not 'gggg,CREATOR,ee' with an odd group, e.g. '0019,SIEMENS MR HEADER,0C'")
+        problems.extend(p for p in map(_kept_date_problem, self.keep_date_attributes) if p)
+        if self.workers is not None and self.workers < 1:
+            problems.append(f"workers must be >= 1, got {self.workers}")
+        if self.key is not None and not self.key.strip():
+            problems.append("key is empty: give a secret (see read_key_file), or None for a random key used for one run only")
         raise_if_problems("de-identification options", problems)
+
+    def profile(self) -> dict[str, object]:
+        """The options that decide what an output file holds (not how the run goes, nor the key)."""
+        return {
+            "retain_longitudinal_dates": self.retain_longitudinal_dates,
+            "max_date_shift_days": self.max_date_shift_days,
+            "retain_device_identity": self.retain_device_identity,
+            "clean_descriptors": self.clean_descriptors,
+            "safe_private_tags": list(self.safe_private_tags),
+            "keep_date_attributes": list(self.keep_date_attributes),
+        }
 
     def method_codes(self) -> list[tuple[str, str]]:
         chosen = ["basic"]
@@ -102,6 +143,43 @@ class Change:
     tag: str  # "(0010,0010)"
     keyword: str
     action: str  # removed, emptied, dummy, uid-replaced, pseudonymized, date-shifted, cleaned, private-removed, added
+
+
+def read_key_file(path: str | os.PathLike, *, create: bool = False) -> str:
+    """The secret held in a key file (surrounding whitespace dropped).
+
+    Args:
+        path: the key file.
+        create: when the file does not exist, write a new random key to it first (readable by
+            its owner only). An existing file is never overwritten.
+
+    Raises:
+        KeyFileError: the file is missing (and ``create`` is not set), empty or unreadable.
+    """
+    path = Path(path)
+    if create and not path.exists():
+        _write_new_key(path)
+    if not path.is_file():
+        raise KeyFileError(f"key file {path} does not exist; {_MAKE_KEY.format(path=path)}")
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise KeyFileError(f"key file {path} cannot be read ({err}); {_MAKE_KEY.format(path=path)}") from err
+    if not key:
+        raise KeyFileError(f"key file {path} is empty, so every run would use another random key and other pseudonyms; "
+                           + _MAKE_KEY.format(path=path))
+    return key
+
+
+def _write_new_key(path: Path) -> None:
+    try:  # O_EXCL: never replace a key another process has just written
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as err:
+        raise KeyFileError(f"cannot create key file {path} ({err.strerror}); choose a writable folder") from err
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(secrets.token_hex(32) + "\n")
 
 
 class Pseudonyms:
@@ -130,7 +208,10 @@ class Pseudonyms:
 
 
 def deidentify_dataset(ds: Dataset, options: DeidOptions, pseudonyms: Pseudonyms) -> list[Change]:
-    """De-identify ``ds`` in place; return what changed (no values)."""
+    """De-identify ``ds`` in place; return what changed (no values).
+
+    A file meta group, if ``ds`` has one, is replaced by one rebuilt from the de-identified data set.
+    """
     patient = str(ds.get("PatientID", "") or "") or str(ds.get("PatientName", "") or "")
     context = _Context(options, pseudonyms, patient, _identifying_strings(ds))
     changes: list[Change] = []
@@ -139,16 +220,40 @@ def deidentify_dataset(ds: Dataset, options: DeidOptions, pseudonyms: Pseudonyms
     for keyword in ("PatientID", "PatientName"):  # Z allows a dummy: a pseudonym keeps a patient's studies together
         setattr(ds, keyword, pseudonym)
         changes.append(Change(_tag_text(ds[keyword].tag), keyword, "pseudonymized"))
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None:
-        if "SOPInstanceUID" in ds:
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        for keyword in _META_IDENTIFYING:  # who sent the file, and private meta content
-            if keyword in meta:
-                changes.append(Change(_tag_text(meta[keyword].tag), keyword, "removed"))
-                delattr(meta, keyword)
+    if getattr(ds, "file_meta", None) is not None:
+        _rebuild_file_meta(ds, pseudonyms, changes)
     _mark(ds, options, changes)
     return changes
+
+
+def _rebuild_file_meta(ds: Dataset, pseudonyms: Pseudonyms, changes: list[Change]) -> None:
+    """A new file meta group made from the de-identified data set.
+
+    The old group can hold the original SOP Instance UID (when the data set has none), who sent
+    the file and private content; only the SOP class, the instance UID (the data set's new one,
+    or the old one mapped like every other UID) and the transfer syntax carry over.
+    """
+    old = ds.file_meta
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    sop_class = ds.get("SOPClassUID") or old.get("MediaStorageSOPClassUID")
+    if sop_class:
+        meta.MediaStorageSOPClassUID = sop_class
+    instance = ds.get("SOPInstanceUID")
+    if not instance and old.get("MediaStorageSOPInstanceUID"):
+        instance = pseudonyms.uid(str(old.MediaStorageSOPInstanceUID))
+    if instance:
+        meta.MediaStorageSOPInstanceUID = instance
+    if "TransferSyntaxUID" in old:
+        meta.TransferSyntaxUID = old.TransferSyntaxUID
+    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
+    for elem in old:
+        if elem.keyword == "MediaStorageSOPInstanceUID":
+            changes.append(Change(_tag_text(elem.tag), elem.keyword, "uid-replaced"))
+        elif elem.keyword not in _META_REBUILT:  # who sent the file, private meta content
+            changes.append(Change(_tag_text(elem.tag), elem.keyword, "removed"))
+    ds.file_meta = meta
 
 
 @dataclass
@@ -172,6 +277,10 @@ def _walk(ds: Dataset, ctx: _Context, changes: list[Change]) -> None:
                 changes.append(Change(_tag_text(tag), "", "private-removed"))
             continue
         keyword, action = BASIC_PROFILE_TAGS.get(tag, (elem.keyword, repeating_group_action(tag)))
+        if action is None and elem.VR in _DATE_VRS and keyword not in ctx.options.keep_date_attributes:
+            # A date the table does not name dates the patient's care as much as those it does:
+            # treat it by its VR, like StudyDate (Z: emptied, or shifted below with the option).
+            action = "Z"
         if action is None:
             if elem.VR == "SQ":
                 for item in elem.value:
@@ -281,6 +390,17 @@ def _mark(ds: Dataset, options: DeidOptions, changes: list[Change]) -> None:
     for keyword in ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
                     "LongitudinalTemporalInformationModified"):
         changes.append(Change(_tag_text(ds[keyword].tag), keyword, "added"))
+
+
+def _kept_date_problem(keyword: str) -> str | None:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return f"keep_date_attributes: {keyword!r} is not a DICOM keyword (e.g. 'RTPlanDate')"
+    if dictionary_VR(tag) not in _DATE_VRS:
+        return f"keep_date_attributes: {keyword} is not a date or time (VR {dictionary_VR(tag)}); list DA, DT or TM attributes only"
+    if tag in BASIC_PROFILE_TAGS:
+        return f"keep_date_attributes: {keyword} is in the profile table and cannot be kept; retain_longitudinal_dates shifts it instead"
+    return None
 
 
 def _parse_safe(entry: str) -> tuple[int, str, int] | None:

@@ -1,20 +1,38 @@
 """De-identify a folder of DICOM files into a new folder, with a CSV audit log.
 
-Guarantees: the input is never written to (the output may not be the input, inside it or
-around it); each output file is written to a temporary name and renamed when complete, so
-an interrupted run leaves no half-written file; output paths are built from pseudonyms and
-new UIDs only (``<patient pseudonym>/<study UID>/<series UID>/<SOP UID>.dcm``), never from
-input names, which often hold patient names. The audit log lists, per file, each attribute
-changed and how - never a value - and is written beside the output folder, not inside it,
-because it links input paths to outputs.
+Guarantees:
+
+- The input is never written to (the output may not be the input, inside it or around it).
+- Output paths are built from pseudonyms and new UIDs only (``<patient pseudonym>/<study
+  UID>/<series UID>/<SOP UID>.dcm``), never from input names, which often hold patient names.
+- A damaged file is never written: pixel data shorter than its image, compressed pixel data
+  whose fragments do not parse or whose first frame does not decode, an image header without
+  pixel data. Every file not written is named in the report and the audit log with a short
+  reason; names that contain identifying text are withheld.
+- Each output file is written to a hidden temporary name and renamed when complete, and the
+  audit log gets each file's rows once the file is in place, so a killed run leaves only whole
+  files and a valid log of what it did. Run again with the same key and options, it goes on
+  where it stopped: files already written are kept, temporary files removed, and the log is
+  appended to. Which key (a salted hash, never the key) and options a run used is kept in a
+  state file beside the log.
+- The audit log lists, per file, each attribute changed and how - never a value - and is
+  written beside the output folder, not inside it, because it links input paths to outputs.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import io
+import json
 import os
+import secrets
+import struct
+import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Lock
@@ -24,15 +42,29 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from scalpel.core.errors import DataError, ScalpelError
-from scalpel.core.files import atomic_write
 from scalpel.medical.dicom.deid import Change, DeidOptions, Pseudonyms, _identifying_strings, deidentify_dataset
+from scalpel.medical.dicom.reading import integrity_problem, not_dicom_reason, read_dicom
 from scalpel.medical.dicom.scan import DICOMDIR_SOP_CLASS
 
 AUDIT_COLUMNS = ("input", "output", "status", "tag", "keyword", "action")
+#: Version of the state file beside the audit log; another version cannot be continued.
+STATE_VERSION = 1
+#: PBKDF2 rounds of the key check in the state file: slow to guess a weak key from it.
+_KEY_CHECK_ROUNDS = 200_000
+#: What reading a damaged file can raise (struct.error: a length field that runs past the end).
+_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError, struct.error)
 
 
 class BurnedInAnnotationError(DataError):
     """A file says its pixels carry burned-in text (BurnedInAnnotation=YES)."""
+
+
+class ResumeError(ScalpelError):
+    """The output folder holds a run that cannot be continued with this key, these options or this input."""
+
+
+class NothingDeidentifiedError(DataError):
+    """No file of the input could be de-identified."""
 
 
 @dataclass
@@ -42,11 +74,12 @@ class DeidReport:
     input_dir: Path
     output_dir: Path
     audit_log: Path
-    written: list[Path] = field(default_factory=list)  # output files
+    written: list[Path] = field(default_factory=list)  # output files written by this run
+    kept: list[Path] = field(default_factory=list)  # written by an interrupted earlier run, kept as they are
     refused: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    non_dicom: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # DICOMDIR, duplicates
+    errors: list[tuple[str, str]] = field(default_factory=list)  # damaged or unreadable (input, reason)
+    non_dicom: int = 0  # how many of ``skipped`` are not DICOM
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # not DICOM, DICOMDIR, duplicates (input, reason)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,11 +87,20 @@ class DeidReport:
             "output": str(self.output_dir),
             "audit_log": str(self.audit_log),
             "written": len(self.written),
+            "kept_from_earlier_run": len(self.kept),
             "refused": self.refused,
             "errors": self.errors,
             "non_dicom_skipped": self.non_dicom,
             "skipped": self.skipped,
         }
+
+    def nothing_done(self) -> bool:
+        """True when the output holds no de-identified file from this input."""
+        return not self.written and not self.kept
+
+    def summary(self) -> str:
+        counts = ((len(self.skipped), "skipped"), (len(self.refused), "refused"), (len(self.errors), "with errors"))
+        return ", ".join(f"{n} {what}" for n, what in counts if n) or "no files found"
 
 
 def deidentify_folder(
@@ -67,55 +109,38 @@ def deidentify_folder(
     options: DeidOptions | None = None,
     audit_log: str | os.PathLike | None = None,
 ) -> DeidReport:
-    """De-identify every DICOM file under ``input_dir`` into ``output_dir`` (which must be new or empty).
+    """De-identify every DICOM file under ``input_dir`` into ``output_dir``.
 
     Args:
         input_dir: folder read recursively; never modified.
-        output_dir: where de-identified files go; must not overlap ``input_dir``.
+        output_dir: where de-identified files go; must not overlap ``input_dir``. It must be new
+            or empty, or hold an interrupted run of the same input with the same key and options,
+            which is then continued.
         options: profile options; see :class:`DeidOptions`.
         audit_log: CSV path; default ``<output_dir>-deid-audit.csv`` beside the output folder.
 
     Returns:
         A :class:`DeidReport`. One bad file is recorded and skipped unless ``options.strict``.
+
+    Raises:
+        ResumeError: ``output_dir`` holds a run made with another key, options or input.
     """
     options = options or DeidOptions()
     src, dst = Path(input_dir).resolve(), Path(output_dir).resolve()
     _check_folders(src, dst)
     log = Path(audit_log) if audit_log else dst.parent / f"{dst.name}-deid-audit.csv"
-    if log.resolve().is_relative_to(src):
-        raise ScalpelError(f"the audit log {log} would be written inside the input folder {src}; choose another path")
-    report = DeidReport(src, dst, log)
+    _check_log(log, src, dst)
     pseudonyms = Pseudonyms(options.key, options.max_date_shift_days)
+    state_path = _state_path(log)
+    resuming = _prepare_output(src, dst, state_path, options, pseudonyms)
+    run = _Run(src, dst, options, pseudonyms, DeidReport(src, dst, log), _AuditLog(log, fresh=not resuming))
     files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
-    rows: list[tuple[str, ...]] = []
-    lock = Lock()
-    reserved: set[Path] = set()
-
-    def one(numbered: tuple[int, Path]) -> None:
-        n, path = numbered
-        status, label, out, changes = _one_file(path, src, dst, n, options, pseudonyms, lock, reserved)
-        with lock:
-            if status == "written":
-                report.written.append(dst / out)
-            elif status == "refused":
-                report.refused.append((label, changes))
-            elif status == "non-dicom":
-                report.non_dicom += 1
-            elif status == "skipped":
-                report.skipped.append((label, changes))
-            else:
-                report.errors.append((label, changes))
-            if isinstance(changes, list):
-                rows.extend((label, out, status, c.tag, c.keyword, c.action) for c in changes)
-            elif status != "non-dicom":
-                rows.append((label, out, status, "", "", changes))
-
-    dst.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=options.workers or min(8, max(1, len(files)))) as pool:
-        for _ in pool.map(one, enumerate(files)):
+        for _ in pool.map(run.one, enumerate(files)):
             pass
-    _write_audit(log, rows)
-    return report
+    run.finish()
+    _mark_finished(state_path, True)
+    return run.report
 
 
 def _check_folders(src: Path, dst: Path) -> None:
@@ -125,54 +150,298 @@ def _check_folders(src: Path, dst: Path) -> None:
         raise ScalpelError(
             f"output {dst} overlaps input {src}; de-identification never writes into or over its input, choose a separate output folder"
         )
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise ScalpelError(f"output {dst} already exists and is not empty; choose a new folder so no earlier result is mixed in")
+    if dst.exists() and not dst.is_dir():
+        raise ScalpelError(f"output {dst} is a file; give a new folder")
 
 
-def _one_file(
-    path: Path, src: Path, dst: Path, n: int, options: DeidOptions, pseudonyms: Pseudonyms, lock: Lock, reserved: set[Path]
-):
-    label = f"#{n}"
+def _check_log(log: Path, src: Path, dst: Path) -> None:
+    where = log.resolve()
+    if where.is_relative_to(src):
+        raise ScalpelError(f"the audit log {log} would be written inside the input folder {src}; choose another path")
+    if where.is_relative_to(dst):
+        raise ScalpelError(f"the audit log {log} would be written inside the output folder {dst}; it links inputs to "
+                           "pseudonyms, so it must not travel with the data: choose a path outside it")
+
+
+class _Run:
+    """One pass over the input: files are processed on threads, their outcomes recorded one by one."""
+
+    def __init__(self, src: Path, dst: Path, options: DeidOptions, pseudonyms: Pseudonyms, report: DeidReport, audit: _AuditLog):
+        self.src, self.dst, self.options, self.pseudonyms = src, dst, options, pseudonyms
+        self.report, self.audit = report, audit
+        self.lock = Lock()
+        # Names are reserved in memory: a placeholder on disk could outlive an interrupted run.
+        self.reserved: set[Path] = set()
+        self.identifying: set[str] = set()  # every file's identifying text, to vet the names of unreadable files
+        self.unread: list[tuple[Path, int, _Outcome]] = []
+
+    def one(self, numbered: tuple[int, Path]) -> None:
+        n, path = numbered
+        outcome = self._process(path)
+        if outcome.identifying is None:  # named at the end, against the identifying text of the whole run
+            with self.lock:
+                self.unread.append((path, n, outcome))
+            return
+        with self.lock:
+            self.identifying.update(outcome.identifying)
+        self._record(_safe_label(path, self.src, n, outcome.identifying), outcome)
+
+    def finish(self) -> None:
+        known = sorted(self.identifying, key=len, reverse=True)
+        for path, n, outcome in sorted(self.unread, key=lambda item: item[1]):
+            self._record(_safe_label(path, self.src, n, known), outcome)
+
+    def _process(self, path: Path) -> _Outcome:
+        try:
+            ds = read_dicom(path)
+        except InvalidDicomError:
+            return _Outcome("non-dicom", not_dicom_reason(path))
+        except _READ_ERRORS as err:
+            if self.options.strict:
+                raise DataError(f"{path}: not a readable DICOM file ({err}); it may be truncated, copy it again") from err
+            return _Outcome("error", f"not a readable DICOM file ({type(err).__name__}); it may be truncated, copy it again")
+        identifying = _identifying_strings(ds)
+        blocked = self._blocked(path, ds)
+        if blocked is not None:
+            return _Outcome(*blocked, identifying=identifying)
+        try:
+            changes = deidentify_dataset(ds, self.options, self.pseudonyms)
+            out = _output_name(ds)
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+        except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as err:
+            if self.options.strict:
+                raise DataError(f"{path}: cannot be de-identified ({type(err).__name__}: {err})") from err
+            # The exception's text can quote a header value, so only its kind goes to the log.
+            reason = f"cannot be de-identified: pydicom raised {type(err).__name__} on its header (run with --strict to see the details)"
+            return _Outcome("error", reason, identifying=identifying)
+        return self._store(out, buffer.getvalue(), changes, identifying)
+
+    def _blocked(self, path: Path, ds: pydicom.Dataset) -> tuple[str, str] | None:
+        """(status, reason) when the file must not be de-identified, else None."""
+        meta = getattr(ds, "file_meta", None) or {}
+        if str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
+            return "skipped", "DICOMDIR index (rebuild it for the output if needed)"
+        problem = integrity_problem(ds, file_size=path.stat().st_size, decode=True)
+        if problem is None and not (ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID")):
+            problem = "no SOP Instance UID in the data set or its file meta, so it cannot be stored as a DICOM instance; export it again"
+        if problem is not None:
+            if self.options.strict:
+                raise DataError(f"{path}: {problem}")
+            return "error", problem
+        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES" and not self.options.allow_burned_in_annotation:
+            reason = "BurnedInAnnotation=YES: the pixels carry text that may identify the patient; pixel redaction is not supported"
+            if self.options.strict:
+                raise BurnedInAnnotationError(f"{path}: {reason}; check the images and pass allow_burned_in_annotation (--allow-burned-in) to process them")
+            return "refused", reason
+        return None
+
+    def _store(self, out: str, data: bytes, changes: list[Change], identifying: list[str]) -> _Outcome:
+        target = self.dst / out
+        with self.lock:
+            if target in self.reserved:
+                return _Outcome("skipped", "duplicate SOPInstanceUID: already written from another file", identifying=identifying)
+            self.reserved.add(target)
+        if target.exists():  # only when continuing: renamed into place, so whole, by the interrupted run
+            return _Outcome("kept", output=out, changes=changes, identifying=identifying)
+        with atomic_write(target) as handle:
+            handle.write(data)
+        return _Outcome("written", output=out, changes=changes, identifying=identifying)
+
+    def _record(self, label: str, outcome: _Outcome) -> None:
+        report = self.report
+        with self.lock:
+            if outcome.status in ("written", "kept"):
+                (report.written if outcome.status == "written" else report.kept).append(self.dst / outcome.output)
+            elif outcome.status == "refused":
+                report.refused.append((label, outcome.reason))
+            elif outcome.status == "error":
+                report.errors.append((label, outcome.reason))
+            else:
+                report.skipped.append((label, outcome.reason))
+                if outcome.status == "non-dicom":
+                    report.non_dicom += 1
+        if outcome.status in ("written", "kept"):
+            self.audit.append([(label, outcome.output, "written", c.tag, c.keyword, c.action) for c in outcome.changes])
+        else:
+            status = "skipped" if outcome.status == "non-dicom" else outcome.status
+            self.audit.append([(label, "", status, "", "", outcome.reason)])
+
+
+@dataclass
+class _Outcome:
+    status: str  # written, kept, refused, skipped, error, non-dicom
+    reason: str = ""
+    output: str = ""
+    changes: list[Change] = field(default_factory=list)
+    #: The file's identifying text; None when it could not be read, so its name is vetted at the end.
+    identifying: list[str] | None = None
+
+
+class _AuditLog:
+    """The CSV audit log, appended one file at a time, so a killed run leaves a valid log of what it did.
+
+    A file already in the log is not logged again: a continued run recomputes the rows of the
+    files the interrupted one finished, and adds only those it had not logged yet. A file's rows
+    go out in one write, so (input, output, status) of its first row stands for all of them.
+    """
+
+    def __init__(self, path: Path, fresh: bool):
+        self.path = path
+        self.lock = Lock()
+        self.logged: set[tuple[str, ...]] = set()  # (input, output, status) of each file logged
+        if fresh or not path.exists():
+            with atomic_write(path) as handle:
+                handle.write(_csv_bytes([AUDIT_COLUMNS]))
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        rows = list(csv.reader(io.StringIO(data[: data.rfind(b"\n") + 1].decode("utf-8"), newline="")))
+        if not rows or tuple(rows[0]) != AUDIT_COLUMNS:
+            raise ResumeError(f"{self.path} is not an audit log of `scalpel dicom deid` (its first line is not "
+                              f"{','.join(AUDIT_COLUMNS)}); give the log of the interrupted run with --audit-log")
+        if not data.endswith(b"\n"):  # cut in the middle of a file's rows: drop them all, that file is logged again
+            last = tuple(rows[-1][:3])
+            while len(rows) > 1 and tuple(rows[-1][:3]) == last:
+                rows.pop()
+            with atomic_write(self.path) as handle:
+                handle.write(_csv_bytes(rows))
+        self.logged = {tuple(row[:3]) for row in rows[1:]}
+
+    def append(self, rows: list[tuple[str, ...]]) -> None:
+        """Log the rows of one file, unless that file is in the log already."""
+        with self.lock:
+            if not rows or tuple(rows[0][:3]) in self.logged:
+                return
+            with self.path.open("ab") as handle:
+                handle.write(_csv_bytes(rows))  # one write per file: a kill cuts at most its last line
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.logged.add(tuple(rows[0][:3]))
+
+
+def _csv_bytes(rows: list[tuple[str, ...]]) -> bytes:
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    return text.getvalue().encode("utf-8")
+
+
+# Continuing an interrupted run -----------------------------------------------------------
+
+
+def _state_path(log: Path) -> Path:
+    return log.with_name(f"{log.stem}.state.json")
+
+
+def _prepare_output(src: Path, dst: Path, state_path: Path, options: DeidOptions, pseudonyms: Pseudonyms) -> bool:
+    """Make ``dst`` ready; True when it holds an earlier run (interrupted, or finished) that this one continues."""
+    if not (dst.exists() and any(dst.iterdir())):
+        dst.mkdir(parents=True, exist_ok=True)
+        _write_state(state_path, src, options, pseudonyms)
+        return False
+    if not state_path.is_file():
+        raise ScalpelError(f"output {dst} already exists, is not empty and holds no run of `scalpel dicom deid` to continue "
+                           f"(no {state_path.name} beside its audit log); choose a new folder so no earlier result is mixed in")
+    _check_same_run(_read_state(state_path), src, dst, options, pseudonyms)
+    for partial in dst.rglob(".*.tmp"):  # temporary files of writes the interruption cut short
+        partial.unlink(missing_ok=True)
+    _mark_finished(state_path, False)
+    return True
+
+
+def _write_state(path: Path, src: Path, options: DeidOptions, pseudonyms: Pseudonyms) -> None:
+    salt = secrets.token_bytes(16)
+    state = {
+        "version": STATE_VERSION,
+        "input": _input_check(src),
+        "key": "random" if options.key is None else "given",
+        "key_salt": salt.hex(),
+        "key_check": _key_check(pseudonyms.key, salt),
+        "options": options.profile(),
+        "finished": False,
+    }
+    with atomic_write(path, "w") as handle:
+        json.dump(state, handle, indent=2)
+
+
+def _mark_finished(path: Path, finished: bool) -> None:
+    """Note whether every input file was handled, so a later message can say which run the output holds."""
+    state = _read_state(path)
+    state["finished"] = finished
+    with atomic_write(path, "w") as handle:
+        json.dump(state, handle, indent=2)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
     try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError:
-        return "non-dicom", label, "", "not a DICOM file"
-    except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
-        if options.strict:
-            raise DataError(f"{path}: not a readable DICOM file ({err}); it may be truncated") from err
-        return "error", _safe_label(path, src, n, []), "", f"unreadable ({type(err).__name__})"
-    label = _safe_label(path, src, n, _identifying_strings(ds))
-    sop_class = str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
-    if sop_class == DICOMDIR_SOP_CLASS:
-        return "skipped", label, "", "DICOMDIR index (rebuild it for the output if needed)"
-    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES" and not options.allow_burned_in_annotation:
-        reason = "BurnedInAnnotation=YES: the pixels carry text that may identify the patient; pixel redaction is not supported"
-        if options.strict:
-            raise BurnedInAnnotationError(f"{path}: {reason}; check the images and pass allow_burned_in_annotation (--allow-burned-in) to process them")
-        return "refused", label, "", reason
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ResumeError(f"{path} cannot be read ({err}); delete the output folder and its audit log to start again") from err
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise ResumeError(f"{path} was written by another version of scalpel; delete the output folder and its audit log to start again")
+    return state
+
+
+def _check_same_run(state: dict[str, Any], src: Path, dst: Path, options: DeidOptions, pseudonyms: Pseudonyms) -> None:
+    run = "a finished run" if state.get("finished") else "an unfinished run"
+    again = "give the same key file and options to continue it, or choose a new output folder"
+    if state.get("key") == "random":
+        raise ResumeError(f"output {dst} holds {run} that used a random key (no key file), so its pseudonyms cannot be "
+                          "reproduced; choose a new output folder, or delete this one and its audit log, and run with --key-file "
+                          "to be able to continue")
+    if options.key is None:
+        raise ResumeError(f"output {dst} holds {run} made with a key; {again}")
+    if not hmac.compare_digest(str(state.get("key_check")), _key_check(pseudonyms.key, bytes.fromhex(str(state.get("key_salt", ""))))):
+        raise ResumeError(f"output {dst} holds {run} made with another key; {again}")
+    before = state.get("options") or {}
+    differ = [f"{name}: {value!r} here, {before.get(name)!r} in that run"
+              for name, value in options.profile().items() if before.get(name) != value]
+    if differ:
+        raise ResumeError(f"output {dst} holds {run} made with other options ({'; '.join(differ)}); {again}")
+    if state.get("input") != _input_check(src):
+        raise ResumeError(f"output {dst} holds {run} of another input folder; give that folder to continue it, or choose a new output folder")
+
+
+def _key_check(key: bytes, salt: bytes) -> str:
+    return hashlib.pbkdf2_hmac("sha256", key, salt, _KEY_CHECK_ROUNDS).hex()
+
+
+def _input_check(src: Path) -> str:
+    return hashlib.sha256(str(src).encode()).hexdigest()  # a check, not the path: names can identify
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a hidden temporary file beside ``path``; rename it onto ``path`` only once complete.
+
+    What :func:`scalpel.core.files.atomic_write` does, without importing that module, which loads
+    torch (seconds) that `scalpel dicom` never uses. A kill leaves ``.<name>.<random>.tmp``,
+    which a continued run removes.
+    """
+    path = Path(path)
     try:
-        changes: list[Change] = deidentify_dataset(ds, options, pseudonyms)
-        out = _output_name(ds, n)
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-    except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as err:
-        if options.strict:
-            raise DataError(f"{path}: cannot be de-identified ({type(err).__name__}: {err})") from err
-        return "error", label, "", f"cannot be de-identified ({type(err).__name__})"
-    target = dst / out
-    with lock:  # reserve the name in memory: a placeholder on disk could outlive an interrupted run
-        if target.exists() or target in reserved:
-            return "skipped", label, "", "duplicate SOPInstanceUID: already written from another file"
-        reserved.add(target)
-    with atomic_write(target) as handle:
-        handle.write(buffer.getvalue())
-    return "written", label, out, changes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise ScalpelError(f"cannot write to {path.parent}: {err.strerror}; choose a writable directory") from err
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def _output_name(ds: pydicom.Dataset, n: int) -> str:
+def _output_name(ds: pydicom.Dataset) -> str:
     parts = [str(ds.get("PatientID", "") or "UNKNOWN"), str(ds.get("StudyInstanceUID", "") or "no-study"),
              str(ds.get("SeriesInstanceUID", "") or "no-series")]
-    name = str(ds.get("SOPInstanceUID", "") or f"instance-{n}")
+    # The rebuilt file meta holds the (new) instance UID also when the data set has none.
+    name = str(ds.get("SOPInstanceUID", "") or ds.file_meta.MediaStorageSOPInstanceUID)
     return "/".join(parts + [f"{name}.dcm"])
 
 
@@ -183,10 +452,3 @@ def _safe_label(path: Path, src: Path, n: int, identifying: list[str]) -> str:
     if any(len(s) >= 3 and s.lower() in lowered for s in identifying):
         return f"#{n} (name withheld: it contains identifying text)"
     return relative
-
-
-def _write_audit(log: Path, rows: list[tuple[str, ...]]) -> None:
-    with atomic_write(log, "w") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(AUDIT_COLUMNS)
-        writer.writerows(sorted(rows))

@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID
 
 from scalpel.core.errors import DataError, UnknownNameError
@@ -70,6 +73,79 @@ def check_transfer_syntax(uid: str | UID, where: str = "file") -> None:
         raise UnsupportedTransferSyntaxError(
             f"{where}: transfer syntax '{uid.name}' ({uid}) needs a decoder that is not installed ({needs}); run {install}"
         )
+
+
+def pixel_data_problem(ds: Dataset, *, file_size: int | None = None, decode: bool = False) -> str | None:
+    """Why the Pixel Data of ``ds`` is not whole, as a sentence for a person; None when it looks whole.
+
+    Uncompressed data must hold rows x columns x samples x bits/8 x frames bytes (pydicom's
+    expected length, which also covers 1-bit and YBR_FULL_422 data). When the value was not
+    read (``dcmread(defer_size=...)``), ``file_size`` tells how much of it the file really holds.
+    Compressed (encapsulated) data must split into its fragments and declared number of frames;
+    with ``decode``, its first frame must also decode when a decoder is installed.
+
+    Args:
+        ds: a dataset read from a file; without Pixel Data there is nothing to check.
+        file_size: size of the file ``ds`` was read from, in bytes.
+        decode: decode the first frame of compressed data (slower: real decoding work).
+    """
+    if "PixelData" not in ds:
+        return None
+    meta = getattr(ds, "file_meta", None) or {}
+    syntax = UID(str(meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")))
+    if syntax.is_encapsulated:
+        return _encapsulated_problem(ds, syntax, decode)
+    try:
+        expected = get_expected_length(ds, unit="bytes")
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return ("pixel data without a complete image description (Rows, Columns, BitsAllocated, SamplesPerPixel); "
+                "the pixels cannot be read, export the file again")
+    # A deflated file's offsets count decompressed bytes, so its size says nothing about them.
+    stored = _stored_length(ds.get_item("PixelData", keep_deferred=True), None if syntax.is_deflated else file_size)
+    if stored < expected:
+        return (f"pixel data is truncated: {stored} of {expected} bytes (rows x columns x samples x bits/8 x frames); "
+                "the file was cut short, copy it again")
+    return None
+
+
+def _stored_length(raw, file_size: int | None) -> int:
+    if isinstance(raw, RawDataElement):
+        if raw.value is None:  # deferred: the header says how long, the file how much is there
+            available = file_size - raw.value_tell if file_size is not None and raw.value_tell is not None else raw.length
+            return max(0, min(raw.length, available))
+        return len(raw.value)
+    return len(raw.value or b"")
+
+
+def _encapsulated_problem(ds: Dataset, syntax: UID, decode: bool) -> str | None:
+    raw = ds.get_item("PixelData", keep_deferred=True)
+    if isinstance(raw, RawDataElement) and raw.value is None and not decode:
+        return None  # not read (a header scan); reading compressed data here would cost what the scan saves
+    declared = int(ds.get("NumberOfFrames") or 1)
+    try:
+        found = sum(1 for _ in generate_frames(ds.PixelData, number_of_frames=declared))
+    except (ValueError, EOFError, KeyError, TypeError) as err:
+        return f"compressed pixel data is damaged: its fragments do not parse ({err}); copy the file again"
+    if found < declared:
+        return f"compressed pixel data holds {found} of {declared} frames; the file was cut short, copy it again"
+    if decode:
+        return _first_frame_problem(ds, syntax)
+    return None
+
+
+def _first_frame_problem(ds: Dataset, syntax: UID) -> str | None:
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        return None  # no decoder exists in pydicom: loading says so (check_transfer_syntax)
+    if not decoder.is_available:
+        return None
+    try:
+        decoder.as_array(ds, index=0)
+    except Exception as err:  # noqa: BLE001 - decoders raise many kinds of error; any of them means undecodable
+        why = (str(err).strip().splitlines() or [type(err).__name__])[-1][:160]
+        return f"the first frame of the compressed pixel data cannot be decoded ({why}); the file is damaged, copy it again"
+    return None
 
 
 def modality_values(stored: np.ndarray, ds: Dataset, frame_item: Dataset | None = None) -> np.ndarray:

@@ -22,6 +22,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from scalpel.core.errors import DataError
+from scalpel.medical.dicom.reading import PIXEL_KEYWORDS, integrity_problem, read_dicom
 
 #: Media Storage Directory (DICOMDIR) SOP class: an index, not an image.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -161,6 +162,7 @@ def scan_folder(
     strict: bool = False,
     drop_localizers: bool = True,
     keep_datasets: bool = False,
+    verify_pixels: bool = False,
     workers: int | None = None,
 ) -> Inventory:
     """Read every DICOM header under ``path`` and group the images into series.
@@ -172,17 +174,21 @@ def scan_folder(
         drop_localizers: leave out localizers/scouts (listed in ``Inventory.dropped`` with the reason).
         keep_datasets: read whole files (pixels too) and keep them in ``Inventory.datasets``;
             saves a second read when the series are loaded right away.
+        verify_pixels: also read compressed pixel data and decode its first frame, so damaged
+            files are listed as errors (slower). The length of uncompressed pixel data is
+            always checked against the image size, so truncated files are errors either way.
         workers: reader threads (default: one per core, at most 4).
 
     Returns:
-        An :class:`Inventory`. Non-DICOM files are skipped and counted; they never raise.
+        An :class:`Inventory`. Non-DICOM files are skipped and counted; they never raise. Data
+        sets stored without the part-10 header are read as DICOM.
     """
     root = Path(path)
     if not root.exists():
         raise DataError(f"{root} does not exist; give a folder of DICOM files")
     paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     inventory = Inventory(root=root)
-    results = parallel_map(lambda p: _read_header(p, keep_datasets), paths, workers)
+    results = parallel_map(lambda p: _read_header(p, keep_datasets, verify_pixels), paths, workers)
     images: list[ImageFile] = []
     for p, kind, value in results:
         if kind == "image":
@@ -214,23 +220,21 @@ def parallel_map(fn, items: list, workers: int | None = None) -> list:
         return list(pool.map(fn, items))
 
 
-def _read_header(path: Path, whole: bool = False) -> tuple[Path, str, Any]:
+def _read_header(path: Path, whole: bool = False, verify_pixels: bool = False) -> tuple[Path, str, Any]:
     try:
-        ds = pydicom.dcmread(path, defer_size=None if whole else 1024)
+        ds = read_dicom(path, defer_size=None if whole else 1024)
     except InvalidDicomError:
         return path, "non_dicom", None
     except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as err:
         return path, "error", f"{path}: not a readable DICOM file ({type(err).__name__}: {err}); it may be truncated, copy it again"
     try:
         sop_class = str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
-        if sop_class == DICOMDIR_SOP_CLASS or sop_class == SEGMENTATION_SOP_CLASS:
+        if sop_class == DICOMDIR_SOP_CLASS:
             return path, "non_image", sop_class
-        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-            declared = {sop_class, str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))}
-            if "Rows" in ds or any("Image Storage" in pydicom.uid.UID(u).name for u in declared):  # an image without pixels
-                return path, "error", f"{path}: image header ({ds.get('Modality', '?')}) without pixel data; the file is truncated or the export incomplete, export it again"
-            if "SOPClassUID" not in ds:
-                return path, "error", f"{path}: DICOM file ends before its SOP Class UID and pixel data; it is probably truncated, copy it again"
+        problem = integrity_problem(ds, file_size=path.stat().st_size, decode=verify_pixels)
+        if problem:
+            return path, "error", f"{path}: {problem}"
+        if sop_class == SEGMENTATION_SOP_CLASS or not any(k in ds for k in PIXEL_KEYWORDS):
             return path, "non_image", sop_class
         return path, "image", (_image_file(path, ds), ds)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as err:

@@ -40,6 +40,7 @@ from scalpel.medical.dicom.pixels import (
     modality_values,
     resolve_window,
 )
+from scalpel.medical.dicom.reading import read_dicom
 from scalpel.medical.dicom.scan import ImageFile, Series, parallel_map, scan_folder, slice_normal
 
 #: LPS -> RAS: negate x and y.
@@ -90,7 +91,7 @@ def load_series(
     if not isinstance(series, Series):
         series, datasets = _only_series(Path(series))
     _check_consistent(series)
-    headers = [pydicom.dcmread(f.path, stop_before_pixels=True) for f in series.files] if _needs_frame_geometry(series) else None
+    headers = [read_dicom(f.path, stop_before_pixels=True) for f in series.files] if _needs_frame_geometry(series) else None
     frames = _frames(series, headers)
     ordered, has_geometry = _sort(frames)
     problems = list(series.problems)
@@ -131,6 +132,10 @@ def load_series(
 
 def _only_series(path: Path) -> tuple[Series, dict[Path, pydicom.Dataset]]:
     inventory = scan_folder(path, keep_datasets=True)
+    if inventory.errors:  # a damaged slice left out would give a volume with a hole, and no error
+        listed = "; ".join(why for _, why in inventory.errors[:3]) + ("; ..." if len(inventory.errors) > 3 else "")
+        raise DataError(f"{path} holds {len(inventory.errors)} damaged or unreadable DICOM file(s): {listed}; "
+                        "copy them again or remove them, or scan_folder the folder and pass one Series")
     if len(inventory.series) != 1:
         found = "; ".join(f"{s.key} ({s.modality}, {len(s.files)} files)" for s in inventory.series) or "none"
         raise DataError(f"{path} holds {len(inventory.series)} series ({found}); scan it with scan_folder and pass one Series")
@@ -231,7 +236,7 @@ def _fallback_affine(series: Series, problems: list[str]) -> np.ndarray:
 
 
 def _slice_thickness(series: Series) -> float:
-    ds = pydicom.dcmread(series.files[0].path, stop_before_pixels=True, specific_tags=["SliceThickness", "SpacingBetweenSlices"])
+    ds = read_dicom(series.files[0].path, stop_before_pixels=True, specific_tags=["SliceThickness", "SpacingBetweenSlices"])
     value = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
     return float(value) if value else 1.0
 
@@ -248,7 +253,7 @@ def _read_pixels(image: ImageFile, invert: bool, ds: pydicom.Dataset | None = No
     """
     path = image.path
     try:
-        ds = ds if ds is not None else pydicom.dcmread(path)
+        ds = ds if ds is not None else read_dicom(path)
     except (OSError, EOFError, ValueError) as err:
         raise DataError(f"{path}: cannot read ({err}); the file may be truncated, copy it again") from err
     check_transfer_syntax(image.transfer_syntax, where=str(path))

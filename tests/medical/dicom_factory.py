@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,3 +114,21 @@ def _ct_slice(pixels, study_uid, series_uid, frame_uid, orientation, position, p
     ds.WindowCenter, ds.WindowWidth = "40", "400"
     ds.PixelData = pixels.tobytes()
     return ds
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    """Cut a file to ``keep`` of its length, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def write_without_part10_header(ds: Dataset, path: Path, *, implicit_vr: bool = True) -> Path:
+    """Write ``ds`` as a bare data set: no 128-byte preamble, no 'DICM', no file meta group,
+    as some old archives and tools store DICOM."""
+    bare = copy.deepcopy(ds)
+    bare.preamble = None
+    bare.file_meta = FileMetaDataset()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bare.save_as(path, implicit_vr=implicit_vr, little_endian=True, enforce_file_format=False)
+    return path

@@ -72,8 +72,10 @@ def test_values_equal_pydicom_modality_lut(path):
 
 def test_truncated_file_is_a_clear_error():
     path = get_testdata_file("MR_truncated.dcm", download=False)
-    with pytest.raises(DataError, match="truncated"):
-        load_series(scan_folder(path).series[0])
+    inventory = scan_folder(path)  # the scan finds it: the pixel data is shorter than the image
+    assert inventory.series == [] and "pixel data is truncated" in inventory.errors[0][1]
+    with pytest.raises(DataError, match="MR_truncated.dcm: pixel data is truncated"):
+        scan_folder(path, strict=True)
 
 
 @pytest.mark.skipif(get_decoder(HTJ2KLossless).is_available, reason="an HTJ2K decoder (pylibjpeg-openjpeg) is installed")
