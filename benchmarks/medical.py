@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 
 from scalpel.core.files import atomic_write
-from scalpel.medical.adapt import AdaptOptions, BaseSpec, adapt_site, load_base, recalibrate_site, train_base
+from scalpel.medical.adapt import adapt_site, recalibrate_site
+from scalpel.medical.base import BaseSpec
+from scalpel.medical.pipelines import build_kit, segmentation, train_base
 from scalpel.medical.segmentation import UNetSpec
 from scalpel.medical.synthetic import STRUCTURES, write_site
 
@@ -70,23 +72,19 @@ def peak_memory(start_rss: float | None) -> dict[str, float | None]:
 
 def child(method: str, root: Path, options: dict) -> None:
     """One measurement in a fresh process: ``method`` adapted (or, for ``reference``, the base only
-    scored on the held-out cases); writes ``root/<method>.json``."""
-    from scalpel.medical.segmentation import SegmentationTask
-    from scalpel.medical.site import eval_batches, load_cases, split_cases
-
+    scored on the held-out cases, read as every run reads them); writes ``root/<method>.json``."""
     start = start_measuring()
     if method == "reference":
-        model, spec, _ = load_base(root / "base")
-        cases, _ = load_cases(root / "B" / "dicom", root / "B" / "labels", window=spec.window, min_size=spec.patch, **spec.grid)
-        _, held_out = split_cases(cases, options["holdout"], options["seed"])
-        result = {"dice": SegmentationTask(spec.structures, spec.patch).evaluate(model, eval_batches(held_out))["dice"]}
+        values = segmentation.settings(options, base=str(root / "base"), data=str(root / "B"), output_dir=str(root / method))
+        kit = build_kit(values.options, values.method, values.train, root / method)
+        result = {"dice": kit.task.evaluate(kit.model, kit.eval_data)["dice"]}
     elif method == ADABN:
-        adabn = recalibrate_site(root / "base", root / "B", AdaptOptions(**options))
+        adabn = recalibrate_site(root / "base", root / "B", root / method, **options)
         model = adabn.pop("model")
         result = {**adabn, "method": ADABN, "trainable": 0, "total": sum(p.numel() for p in model.parameters()),
                   "train_seconds": adabn["seconds"]}
     else:
-        result = adapt_site(root / "base", root / "B", root / method, AdaptOptions(**{**options, "method": method}))
+        result = asdict(adapt_site(root / "base", root / "B", root / method, options, method=method))
     result.update(peak_memory(start))
     (root / f"{method}.json").write_text(json.dumps(result))
 
@@ -95,8 +93,8 @@ def _mib(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}"
 
 
-def run_child(method: str, root: Path, options: AdaptOptions) -> dict:
-    options_json = json.dumps({k: v for k, v in asdict(options).items() if k != "method"})
+def run_child(method: str, root: Path, options: dict) -> dict:
+    options_json = json.dumps(options)
     subprocess.run([sys.executable, __file__, "--child", method, "--root", str(root), "--options", options_json], check=True)
     return json.loads((root / f"{method}.json").read_text())
 
@@ -107,8 +105,8 @@ def one_seed(seed: int, spec: BaseSpec, size: int, cases: int, base_steps: int, 
         root = Path(tmp)
         write_site(root / "A", "A", cases=cases, shape=(size,) * 3, seed=2 * seed)
         write_site(root / "B", "B", cases=cases, shape=(size,) * 3, seed=2 * seed + 1)
-        base = train_base(root / "A", root / "base", spec, steps=base_steps, seed=seed)
-        options = AdaptOptions(site="B", steps=steps, deidentify=False, holdout=0.34, seed=seed)
+        base = asdict(train_base(root / "A", root / "base", spec, steps=base_steps, seed=seed))
+        options = {"site": "B", "max_steps": steps, "deidentify": False, "val_fraction": 0.34, "seed": seed}
         reference = run_child("reference", root, options)
         rows = [run_child(method, root, options) for method in (ADABN, *METHODS)]
     return reference, rows, base
@@ -130,9 +128,9 @@ def table(per_seed: list[list[dict]]) -> list[str]:
         rise = [r["rss_rise_mib"] for r in runs if r["rss_rise_mib"] is not None]
         lines.append(" | ".join([
             f"| {'adabn (statistics only)' if method == ADABN else method}", f"{share[0]:.2f}",
-            _mean_std([r["base"]["dice"] for r in runs], 3), _mean_std([r["adapted"]["dice"] for r in runs], 3),
-            _mean_std([r["adapted"]["dice"] / max(f["adapted"]["dice"], 1e-9) for r, f in zip(runs, fulls)], 1, 100) + "%",
-            _mean_std([r["adapted"]["hd95"] for r in runs], 2),
+            _mean_std([r["before"]["dice"] for r in runs], 3), _mean_std([r["after"]["dice"] for r in runs], 3),
+            _mean_std([r["after"]["dice"] / max(f["after"]["dice"], 1e-9) for r, f in zip(runs, fulls)], 1, 100) + "%",
+            _mean_std([r["after"]["hd95"] for r in runs], 2),
             "-" if method == ADABN else _mean_std([r["train_seconds"] / f["train_seconds"] for r, f in zip(runs, fulls)], 2),
             f"{max(r['peak_rss_mib'] for r in runs):.0f}", f"{max(rise):.0f}" if rise else "n/a"]) + " |")
     return lines
@@ -163,7 +161,7 @@ def main() -> None:
     lines = [
         f"# Medical site adaptation (synthetic scanner A -> B{', quick' if args.quick else ''})", "",
         f"Base: MONAI UNet channels {channels}, trained {base['steps']} steps on scanner A ({cases} cases of {size}^3). "
-        f"Adaptation: {steps} steps on scanner B, {first['train_cases']} training / {first['eval_cases']} held-out case(s). "
+        f"Adaptation: {steps} steps on scanner B, {len(first['extras']['train_cases'])} training / {len(first['extras']['eval_cases'])} held-out case(s). "
         f"{seeds} seed(s) (new phantoms, base and split each); mean ± population std over seeds. Command: `{command}`.", "",
         *table(per_seed),
     ]
@@ -188,9 +186,9 @@ def main() -> None:
     goal = []
     for method in ("lora", "sparse"):
         runs = [(next(r for r in rows if r["method"] == method), next(r for r in rows if r["method"] == "full")) for rows in per_seed]
-        ratio = sum(r["adapted"]["dice"] / f["adapted"]["dice"] for r, f in runs) / len(runs)
+        ratio = sum(r["after"]["dice"] / f["after"]["dice"] for r, f in runs) / len(runs)
         if ratio >= 0.95 and all(100 * r["trainable"] / r["total"] <= 5 for r, _ in runs):
-            met = sum(r["adapted"]["dice"] >= 0.95 * f["adapted"]["dice"] for r, f in runs)
+            met = sum(r["after"]["dice"] >= 0.95 * f["after"]["dice"] for r, f in runs)
             goal.append(f"{method} ({100 * ratio:.1f}% on average, {met} of {len(runs)} seeds)")
     lines += ["", "Goal (issue 10): LoRA or sparse reaches >= 95% of full fine-tuning's Dice on scanner B with <= 5% trainable "
               "parameters: " + (f"**met** by {', '.join(goal)}." if goal else "**not met** in this run.")]

@@ -1,6 +1,6 @@
 """``scalpel medical adapt|predict|sites``: site adapters on a base checkpoint.
 
-    scalpel medical adapt BASE SITE --out RUN [--folds K]     one small adapter per site, base-vs-adapted report
+    scalpel medical adapt BASE SITE --out RUN [--folds K]     one small adapter per site (the medical pipeline on BASE)
     scalpel medical predict --base BASE --adapter RUN/adapter SERIES_DIR --seg-out pred.dcm
     scalpel medical sites --base BASE --runs runs/            the site adapters trained on BASE
 """
@@ -9,30 +9,30 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
+import warnings
 from pathlib import Path
+
+from scalpel.core.errors import ScalpelError
+
+#: Spellings of this command -> the pipeline's flags (``--holdout`` is an earlier release's, with a warning).
+ALIASES = {"--out": "--output-dir", "--holdout": "--val-fraction"}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from scalpel.medical.adapt import AdaptOptions
-
     medical = commands.add_parser("medical", help="medical imaging: site adaptation, prediction to DICOM SEG")
     sub = medical.add_subparsers(dest="medical_command", metavar="ACTION", required=True)
     adapt = sub.add_parser(
-        "adapt",
+        "adapt", usage="scalpel medical adapt BASE SITE --out RUN [flags]",
         help="adapt a base segmentation or classification checkpoint to a site's DICOM studies and labels",
-        description="SITE holds dicom/<case>/ series and labels/<case>.nii.gz (or .dcm, a DICOM SEG); a classification base "
-                    "reads SITE/labels.csv (columns case,label) when present. Writes RUN/adapter, RUN/report.md, RUN/summary.json.",
+        description="BASE: a base checkpoint folder (model.safetensors + model.json). SITE holds dicom/<case>/ series and "
+                    "labels/<case>.nii.gz (or .dcm, a DICOM SEG); a classification base reads SITE/labels.csv (columns "
+                    "case,label) when present. The run is `scalpel run medical.segmentation` (or medical.classification, "
+                    "as the base says) with --base BASE --data SITE --output-dir RUN, and takes its flags (--method, --r, "
+                    "--max-steps, --folds, --site, --no-deidentify, ...: `scalpel run medical.segmentation --help` lists "
+                    "them). Writes RUN/adapter, RUN/report.md, RUN/result.json; the de-identified copy goes to RUN-ingest/.",
     )
-    adapt.add_argument("base", type=Path, help="base checkpoint folder (model.safetensors + model.json)")
-    adapt.add_argument("site_dir", type=Path, metavar="site", help="site folder")
-    adapt.add_argument("--out", type=Path, required=True, help="run directory")
-    adapt.add_argument("--no-deidentify", action="store_true", help="read the site's DICOM as is (already de-identified)")
-    for f in fields(AdaptOptions):
-        if f.name == "deidentify":
-            continue
-        adapt.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata.get("help"))
-    adapt.set_defaults(handler=_adapt)
+    adapt.add_argument("args", nargs=argparse.REMAINDER, metavar="BASE SITE --out RUN [flags]")
+    adapt.set_defaults(handler=_adapt, parser=adapt)
 
     predict = sub.add_parser(
         "predict",
@@ -56,13 +56,30 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _adapt(args: argparse.Namespace) -> int:
-    from scalpel.medical.adapt import AdaptOptions, adapt_site
+    from scalpel.core.flags import parse_run_flags
+    from scalpel.medical.adapt import pipeline_for
 
-    values = {f.name: getattr(args, f.name) for f in fields(AdaptOptions) if f.name != "deidentify"}
-    summary = adapt_site(args.base, args.site_dir, args.out, AdaptOptions(deidentify=not args.no_deidentify, **values))
-    print(Path(summary["report"]).read_text())
-    print(json.dumps({k: summary[k] for k in ("adapter_dir", "report", "trainable", "total")}, indent=2))
+    if any(a in ("-h", "--help") for a in args.args) or len(args.args) < 2 or args.args[0].startswith("-"):
+        args.parser.print_help()
+        return 0 if "-h" in args.args or "--help" in args.args else 2
+    base, site, *flags = args.args
+    flags = [_alias(flag) for flag in flags]
+    if not any(f == "--output-dir" or f.startswith("--output-dir=") for f in flags):
+        raise ScalpelError("give the run folder: scalpel medical adapt BASE SITE --out RUN")
+    pipeline = pipeline_for(base)
+    result = pipeline.run(parse_run_flags(pipeline, ["--base", base, "--data", site, *flags]))
+    print((Path(result.run_dir) / "report.md").read_text())
+    print(json.dumps({"adapter_dir": result.adapter_dir, "report": str(Path(result.run_dir) / "report.md"),
+                      "trainable": result.trainable, "total": result.total, "before": result.before, "after": result.after},
+                     indent=2, default=str))
     return 0
+
+
+def _alias(arg: str) -> str:
+    flag, eq, value = arg.partition("=")
+    if flag == "--holdout":
+        warnings.warn("--holdout is deprecated; use --val-fraction", FutureWarning, stacklevel=2)
+    return ALIASES.get(flag, flag) + eq + value
 
 
 def _predict(args: argparse.Namespace) -> int:

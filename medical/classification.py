@@ -211,8 +211,7 @@ def write_presence_site(
             true_hu, label = phantom(shape, seed=seed * 10_000 + k * 100 + attempt, num_objs=1)
             if label.max() == wanted:
                 break
-        measured = profile.gain * true_hu + profile.offset + rng.normal(0.0, profile.noise_hu, size=true_hu.shape)
-        affine = write_ct_series(root / "dicom" / case, measured, profile, patient_id=f"SYN-{case}", patient_name=f"Synthetic^{case}")
+        affine = write_ct_series(root / "dicom" / case, profile.measure(true_hu, rng), profile, patient_id=f"SYN-{case}", patient_name=f"Synthetic^{case}")
         write_nifti(root / "labels" / f"{case}.nii.gz", label, affine)
         names.append(case)
     return names

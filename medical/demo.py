@@ -6,8 +6,10 @@ adapted to scanner B with LoRA, sparse, layer-wise and full fine-tuning, side by
 Layout of ``output_dir``::
 
     data/A, data/B      the two synthetic scanners (real DICOM CT series + NIfTI labels)
-    base/               the base checkpoint trained on A (reused by every method)
-    <method>/           one site-adaptation run per method (adapter/, report.md, fit/metrics.jsonl)
+    base/               the base checkpoint trained on A (reused by every method; its training run in base/fit)
+    adabn/              the AdaBN baseline's metrics.json
+    <method>/           one site-adaptation run per method (adapter/, report.md, metrics.jsonl, result.json),
+                        replaced by a rerun
     examples/           a held-out B slice: image, truth, base and adapted predictions (PNG)
 
 The rows follow the demo contract of :mod:`scalpel.apps.demo`: mean Dice on B's held-out
@@ -30,16 +32,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from scalpel.core.artifacts import adapter_bytes
 from scalpel.core.compare import comparison_table
 from scalpel.core.delta import norm_statistics
 from scalpel.core.files import atomic_write, read_json, write_json
-from scalpel.medical.adapt import AdaptOptions, BaseSpec, adapt_site, load_base, load_site_adapter, recalibrate_site, train_base
+from scalpel.medical.adapt import adapt_site, recalibrate_site
+from scalpel.medical.base import BaseSpec, load_base, load_site_adapter
+from scalpel.medical.pipelines import train_base
 from scalpel.medical.segmentation import SegmentationTask, UNetSpec
-from scalpel.medical.site import load_cases
+from scalpel.medical.site import label_file
 from scalpel.medical.synthetic import STRUCTURES, write_site
+from scalpel.medical.transforms import cached_dataset, segmentation_transforms
 
 METHODS = ("lora", "sparse", "layerwise", "full")
+TASK = "segmentation (scanner A -> B)"
 
 
 @dataclass(frozen=True)
@@ -72,18 +77,15 @@ def run_demo(output_dir: str | Path = "runs/demo/medical", quick: bool = False,
         spec = BaseSpec(UNetSpec(out_channels=len(STRUCTURES) + 1, channels=size.channels, strides=(2,) * (len(size.channels) - 1)),
                         STRUCTURES, patch=(size.patch,) * 3)
         train_base(data / "A", base_dir, spec, steps=size.base_steps)
-    rows = [adabn_baseline(base_dir, data / "B", output_dir / "adabn")]
+    # the demo owns its folder: a rerun replaces its runs (the synthetic data needs no de-identification)
+    site = {"site": "B", "deidentify": False, "val_fraction": 0.34}
+    rows = [adabn_baseline(base_dir, data / "B", output_dir / "adabn", site)]
     for method in methods:
         started = time.perf_counter()
-        summary = adapt_site(base_dir, data / "B", output_dir / method,
-                             AdaptOptions(method=method, site="B", steps=size.steps, deidentify=False, holdout=0.34))
-        rows.append({
-            "domain": "medical", "task": "segmentation (scanner A -> B)", "model": f"MONAI UNet {size.channels}",
-            "method": method, "metric": "dice", "before": summary["base"]["dice"], "after": summary["adapted"]["dice"],
-            "trainable": summary["trainable"], "total": summary["total"], "train_seconds": summary["train_seconds"],
-            "wall_seconds": time.perf_counter() - started, "adapter_bytes": adapter_bytes(summary["adapter_dir"]),
-            "run_dir": summary["run_dir"], "curve": _curve(Path(summary["run_dir"])), "examples": [],
-        })
+        result = adapt_site(base_dir, data / "B", output_dir / method, method=method, max_steps=size.steps, overwrite=True, **site)
+        rows.append({"domain": "medical", **result.row(), "task": TASK, "model": f"MONAI UNet {size.channels}",
+                     "wall_seconds": time.perf_counter() - started, "curve": str(Path(result.run_dir) / "metrics.jsonl"),
+                     "examples": []})
     best = max((r for r in rows if r["method"] in methods and r["method"] != "full"), key=lambda r: r["after"], default=None)
     if best is not None:
         best["examples"] = [write_example(base_dir, Path(best["run_dir"]) / "adapter", data / "B", output_dir / "examples", best["method"])]
@@ -93,14 +95,14 @@ def run_demo(output_dir: str | Path = "runs/demo/medical", quick: bool = False,
     return rows
 
 
-def adabn_baseline(base_dir: Path, site: Path, run_dir: Path) -> dict[str, Any]:
+def adabn_baseline(base_dir: Path, site: Path, run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The zero-parameter baseline (:func:`~scalpel.medical.adapt.recalibrate_site`), as a demo row."""
-    result = recalibrate_site(base_dir, site, AdaptOptions(site="B", deidentify=False))
+    result = recalibrate_site(base_dir, site, run_dir, **settings)
     base, spec = result["model"], load_base(base_dir)[1]
-    before, after = result["base"]["dice"], result["adapted"]["dice"]
+    before, after = result["before"]["dice"], result["after"]["dice"]
     statistics = norm_statistics(base, "")
     write_json(run_dir / "metrics.json", {"dice_before": before, "dice": after, "eval_cases": result["eval_cases"]})
-    return {"domain": "medical", "task": "segmentation (scanner A -> B)", "model": f"MONAI UNet {spec.unet.channels}",
+    return {"domain": "medical", "task": TASK, "model": f"MONAI UNet {spec.unet.channels}",
             "method": "adabn (statistics only)", "metric": "dice", "before": before, "after": after, "trainable": 0,
             "total": sum(p.numel() for p in base.parameters()), "train_seconds": result["seconds"], "wall_seconds": result["seconds"],
             "adapter_bytes": sum(t.numel() * t.element_size() for t in statistics.values()), "run_dir": str(run_dir),
@@ -117,17 +119,19 @@ def write_example(base_dir: Path, adapter_dir: Path, site: Path, folder: Path, m
     base, spec, _ = load_base(base_dir)
     adapted = load_site_adapter(base_dir, adapter_dir).eval()
     held_out = read_json(adapter_dir / "scalpel.json").get("extra", {}).get("eval_cases", [])
-    cases, _ = load_cases(site / "dicom", site / "labels", window=spec.window, min_size=spec.patch, **spec.grid)
-    case = next((c for c in cases if c.name in held_out), cases[0])
+    name = held_out[0] if held_out else sorted(p.name for p in (site / "dicom").iterdir())[0]
+    record = {"image": str(site / "dicom" / name), "label": str(label_file(site / "labels", name)), "case": name}
+    case = cached_dataset([record], segmentation_transforms(spec.preprocess(), train=False), cache=False)[0]  # as scored
+    image, truth = case["image"], case["label"]
     task = SegmentationTask(spec.structures, spec.patch, hd95=False)
     with torch.no_grad():
-        before = task.predict(base, case.image[None])[0, 0]
-        after = task.predict(adapted, case.image[None])[0, 0]
-    z = case.image.shape[-1] // 2
-    panels = [("scanner B image", case.image[0]), ("truth", case.label[0]), ("base (trained on A)", before), (f"adapted ({method})", after)]
+        before = task.predict(base, image[None])[0, 0]
+        after = task.predict(adapted, image[None])[0, 0]
+    z = image.shape[-1] // 2
+    panels = [("scanner B image", image[0]), ("truth", truth[0]), ("base (trained on A)", before), (f"adapted ({method})", after)]
     figure, axes = plt.subplots(1, 4, figsize=(12, 3.2))
     for axis, (title, volume) in zip(axes, panels, strict=True):
-        axis.imshow(case.image[0, ..., z].T, cmap="gray", origin="lower")
+        axis.imshow(image[0, ..., z].T, cmap="gray", origin="lower")
         if title != "scanner B image":  # labels over the image; background (0) left transparent
             labels = volume[..., z].T.numpy()
             axis.imshow(np.ma.masked_equal(labels, 0), cmap="autumn", alpha=0.6, vmin=1, vmax=len(spec.structures),
@@ -135,16 +139,11 @@ def write_example(base_dir: Path, adapter_dir: Path, site: Path, folder: Path, m
         axis.set_title(title, fontsize=9)
         axis.axis("off")
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"scanner_b_{case.name}.png"
+    path = folder / f"scanner_b_{name}.png"
     with atomic_write(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=90, bbox_inches="tight")
     plt.close(figure)
-    return {"caption": f"held-out scanner-B case {case.name}, middle slice: base vs {method}", "image": str(path)}
-
-
-def _curve(run_dir: Path) -> str | None:
-    path = run_dir / "fit" / "metrics.jsonl"
-    return str(path) if path.is_file() else None
+    return {"caption": f"held-out scanner-B case {name}, middle slice: base vs {method}", "image": str(path)}
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:

@@ -192,16 +192,26 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[nn.Module, Any, dict[str
         AdapterError: not a checkpoint folder, or weights that do not fit the spec.
     """
     folder = Path(folder)
-    sha = checkpoint_sha256(folder)
-    facts = read_json(folder / SPEC)
-    facts["orientation"] = recorded_orientation(facts)
-    spec = spec_from_dict(facts.get("network") or facts.get("unet") or {})
+    spec, facts, sha = read_checkpoint(folder)
     model = spec.build()
     try:
         model.load_state_dict(read_safetensors(folder / WEIGHTS))
     except RuntimeError as err:
         raise AdapterError(f"{folder / WEIGHTS} does not fit the network in {SPEC}: {str(err)[:300]}") from err
     return model.eval(), spec, facts, sha
+
+
+def read_checkpoint(folder: str | os.PathLike) -> tuple[Any, dict[str, Any], str]:
+    """What a checkpoint is, without building it: ``(network spec, model.json, SHA-256 of the weights)``.
+
+    Raises:
+        AdapterError: not a checkpoint folder.
+    """
+    folder = Path(folder)
+    sha = checkpoint_sha256(folder)
+    facts = read_json(folder / SPEC)
+    facts["orientation"] = recorded_orientation(facts)
+    return spec_from_dict(facts.get("network") or facts.get("unet") or {}), facts, sha
 
 
 def checkpoint_sha256(folder: str | os.PathLike) -> str:

@@ -1,10 +1,14 @@
-"""A site folder of DICOM series and labels -> checked, de-identified, normalised volumes and patch batches.
+"""A site folder -> the cases a run reads: de-identified ingest, labelled records, splits by case.
 
 Layout (see :mod:`scalpel.medical.synthetic`)::
 
     site/dicom/<case>/...      one image series per case folder (name case folders with
                                non-identifying IDs: they are kept through de-identification)
     site/labels/<case>.nii.gz  label map on that series' grid (or <case>.dcm, a DICOM SEG)
+    site/labels.csv            or image-level classes: columns case,label (classification)
+
+A record is ``{"image": series folder, "case": name, "label": label file | "class": name}``;
+the MONAI transforms of :mod:`scalpel.medical.transforms` load it.
 """
 
 from __future__ import annotations
@@ -12,37 +16,25 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from torch import Tensor
+from pydicom.dataset import Dataset
 
-from scalpel.core.errors import DataError, ScalpelError
-from scalpel.core.files import atomic_write
-from scalpel.medical.dicom import DeidOptions, deidentify_folder, load_label, load_series, scan_folder
+from scalpel.core.errors import DataError
+from scalpel.medical.classification import read_class_labels
+from scalpel.medical.dicom import DeidOptions, deidentify_folder
+from scalpel.medical.synthetic import write_nifti, write_series
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".dcm")
 #: marker of a finished de-identified copy of a case, holding :func:`_source_stamp` of its source
 INGESTED = ".ingested"
-#: a case of any kind (a loaded :class:`Case`, a record dict): splits only reorder them
+#: marker of a case whose de-identification refused or failed files (the reasons inside): not read
+REFUSED = ".skipped"
+#: a case of any kind (a record dict, a name): splits only reorder them
 T = TypeVar("T")
-
-
-@dataclass
-class Case:
-    name: str
-    image: Tensor
-    """(1, X, Y, Z) float32, normalised"""
-    label: Tensor
-    """(1, X, Y, Z) int64"""
-    spacing: tuple[float, ...]
 
 
 def label_file(labels_dir: Path, case: str) -> Path | None:
@@ -50,18 +42,8 @@ def label_file(labels_dir: Path, case: str) -> Path | None:
     return next((labels_dir / f"{case}{s}" for s in LABEL_SUFFIXES if (labels_dir / f"{case}{s}").is_file()), None)
 
 
-def normalise_hu(hu: Tensor, window: Sequence[float]) -> Tensor:
-    """Clip to ``window = (low, high)`` HU and map it linearly onto [0, 1]."""
-    low, high = float(window[0]), float(window[1])
-    return (hu.clamp(low, high) - low) / (high - low)
-
-
-def ingest_site(site: str | os.PathLike, run_dir: str | os.PathLike, *, deidentify: bool = True) -> Path:
-    """Return the folder of case series to read: a de-identified copy under ``run_dir/ingest``
-    (PS3.15 Basic Profile, per case, audit logs in ``run_dir/ingest-audit``), or the site's own.
-
-    A rerun into the same ``run_dir`` reuses the cases already ingested from unchanged files and
-    ingests again those that changed or whose copy was interrupted.
+def case_folders(site: str | os.PathLike) -> list[Path]:
+    """The case folders ``site/dicom/<case>/``.
 
     Raises:
         DataError: ``site/dicom`` is missing or holds no case folders.
@@ -71,23 +53,33 @@ def ingest_site(site: str | os.PathLike, run_dir: str | os.PathLike, *, deidenti
     if not cases:
         raise DataError(f"{source} holds no case folders; put each series under {source}/<case>/ and its label "
                         f"under {Path(site) / 'labels'}/<case>.nii.gz")
-    if not deidentify:
-        return source
-    target = Path(run_dir) / "ingest"
-    audit = Path(run_dir) / "ingest-audit"
+    return cases
+
+
+def ingest_site(site: str | os.PathLike, cache: str | os.PathLike) -> Path:
+    """De-identify ``site/dicom`` into ``cache/dicom/<case>/`` (PS3.15 Basic Profile, dates shifted
+    consistently, audit logs in ``cache/audit/``); return ``cache/dicom``.
+
+    Runs keep ``cache`` beside their run folder, so ``--overwrite`` (which deletes a run whole)
+    keeps it: a rerun reuses the cases ingested from unchanged files and ingests again those that
+    changed or whose copy was interrupted.
+
+    Raises:
+        DataError: ``site/dicom`` is missing or holds no case folders.
+    """
+    target, audit = Path(cache) / "dicom", Path(cache) / "audit"
     audit.mkdir(parents=True, exist_ok=True)
-    for case in cases:
+    for case in case_folders(site):
         out, stamp = target / case.name, _source_stamp(case)
         if (out / INGESTED).is_file() and (out / INGESTED).read_text() == stamp:
-            continue  # ingested by an earlier run into this folder, from the same files
+            continue  # ingested by an earlier run, from the same files
         if out.exists():  # an interrupted or outdated ingest of ours: start that case again
             shutil.rmtree(out)
         report = deidentify_folder(case, out, DeidOptions(retain_longitudinal_dates=True), audit_log=audit / f"{case.name}.csv")
         if report.errors or report.refused:
-            (out / ".skipped").write_text("; ".join(r for _, r in [*report.errors, *report.refused]))
+            (out / REFUSED).write_text("; ".join(r for _, r in [*report.errors, *report.refused]))
         (out / INGESTED).write_text(stamp)
     return target
-
 
 
 def _source_stamp(folder: Path) -> str:
@@ -99,139 +91,72 @@ def _source_stamp(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def to_grid(volume: MetaTensor, spacing: Sequence[float] = (), orientation: str = "", *, mode: str = "bilinear") -> MetaTensor:
-    """``volume`` ``(C, X, Y, Z)`` reoriented to ``orientation`` (axis codes, e.g. ``"RAS"``) and
-    resampled to ``spacing`` (mm per axis, after reorienting); returned as is when both are empty.
+def site_records(site: str | os.PathLike, series_root: str | os.PathLike | None = None,
+                 labels_csv: str | os.PathLike = "") -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """The labelled cases of a site: ``(records, class names, why other cases were skipped)``.
 
-    ``mode``: ``"bilinear"`` for images and probabilities, ``"nearest"`` for label maps.
-    """
-    from monai.transforms import Orientation, Spacing
-
-    from scalpel.medical.transforms import RAS_LABELS
-
-    if orientation:
-        volume = Orientation(axcodes=orientation, labels=RAS_LABELS)(volume)
-    if spacing:
-        volume = Spacing(pixdim=tuple(float(s) for s in spacing), mode=mode)(volume)
-    return volume
-
-
-def from_grid(volume: MetaTensor, affine: Tensor | np.ndarray, shape: Sequence[int], *, mode: str = "bilinear") -> Tensor:
-    """Undo :func:`to_grid`: resample ``volume`` (with its own affine) onto the grid ``affine`` /
-    ``shape`` (a series' own, RAS affine); a plain ``(C, *shape)`` tensor."""
-    from monai.transforms import SpatialResample
-
-    back = SpatialResample(mode=mode)(volume, dst_affine=torch.as_tensor(affine, dtype=torch.float64), spatial_size=tuple(shape))
-    return back.as_tensor() if isinstance(back, MetaTensor) else back
-
-
-def load_cases(
-    series_root: str | os.PathLike,
-    labels_dir: str | os.PathLike,
-    *,
-    window: Sequence[float],
-    min_size: Sequence[int],
-    spacing: Sequence[float] = (),
-    orientation: str = "",
-) -> tuple[list[Case], list[str]]:
-    """Load every ``series_root/<case>`` with its label; return the cases and why others were skipped.
-
-    Each label is checked on its series' own grid first; then, when ``spacing`` or
-    ``orientation`` is given (a base's, see :func:`to_grid`), image (bilinear) and label
-    (nearest) are moved together onto that grid. A 2-size ``min_size`` (a 2-D base's axial
-    patch) checks the in-plane axes only.
+    Args:
+        series_root: where the case series are read (a de-identified copy); default ``site/dicom``.
+        labels_csv: image-level classes (columns ``case,label``); the class names are then its
+            classes, sorted; empty: label maps ``site/labels/<case>.*`` (no class names).
 
     Raises:
-        DataError: a label does not match its series' geometry, a series is smaller than
-            ``min_size`` (the training patch, after resampling), or no case is usable at all.
+        DataError: no case folders, an unreadable CSV, or no case with a label and a usable series.
     """
-    cases, skipped = [], []
-    labels_dir = Path(labels_dir)
-    for folder in sorted(p for p in Path(series_root).iterdir() if p.is_dir()):
-        label_path = label_file(labels_dir, folder.name)
-        if label_path is None:
-            skipped.append(f"{folder.name}: no label file {labels_dir}/{folder.name}.nii.gz")
-            continue
-        inventory = scan_folder(folder)
-        series = [s for s in inventory.series if s.modality != "SEG"]
-        if len(series) != 1:
-            skipped.append(f"{folder.name}: {len(series)} image series (need exactly one)")
-            continue
-        try:
-            image = load_series(series[0])
-        except ScalpelError as err:
-            skipped.append(f"{folder.name}: {err}")
-            continue
-        try:
-            label = load_label(label_path, image)
-        except DataError as err:
-            raise DataError(f"case {folder.name}: the label {label_path.name} does not match the image geometry: {err}. "
-                            "Export the label on the series' own grid") from err
-        if spacing or orientation:
-            image = to_grid(image.float(), spacing, orientation)
-            label = to_grid(label.float(), spacing, orientation, mode="nearest").round().long()
-        size = tuple(image.shape[1:])
-        if any(s < m for s, m in zip(size, min_size, strict=False)):
-            resampled = f" (resampled to {'x'.join(f'{v:g}' for v in spacing)} mm)" if spacing else ""
-            raise DataError(f"case {folder.name}: the series is {'x'.join(map(str, size))} voxels{resampled}, smaller than the "
-                            f"{'x'.join(map(str, min_size))} patch; use a smaller --patch or drop this case")
-        voxel = tuple(float(v) for v in torch.as_tensor(image.affine, dtype=torch.float64)[:3, :3].norm(dim=0))
-        cases.append(Case(folder.name, normalise_hu(image.as_tensor().float(), window), label.as_tensor().long(), voxel))
-    if not cases:
-        why = "; ".join(skipped) or "no case folders"
-        raise DataError(f"no usable series with a label in {series_root}: {why}")
-    return cases, skipped
+    root = Path(site)
+    folders = case_folders(root)
+    series_root = Path(series_root or root / "dicom")
+    if labels_csv:
+        records, names, skipped = read_class_labels(root, labels_csv)
+    else:
+        names, records, skipped = [], [], []
+        for case in folders:
+            label = label_file(root / "labels", case.name)
+            if label is None:
+                skipped.append(f"{case.name}: no label file labels/{case.name}.nii.gz")
+            else:
+                records.append({"case": case.name, "label": str(label)})
+    usable = []
+    for record in records:
+        folder = series_root / record["case"]
+        if (folder / REFUSED).is_file() or not folder.is_dir():
+            why = (folder / REFUSED).read_text() if folder.is_dir() else "not ingested"
+            skipped.append(f"{record['case']}: {why}")
+        else:
+            usable.append({**record, "image": str(folder)})
+    if not usable:
+        raise DataError(f"no usable series with a label in {root}: {'; '.join(skipped) or 'no cases'}")
+    return usable, names, skipped
 
 
-def split_cases(cases: list[T], holdout: float, seed: int) -> tuple[list[T], list[T]]:
-    """Held-out split by case (never by patch): at least one case on each side."""
+def split_cases(cases: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """Held-out split by case (never by patch), shuffled with ``seed``: ``(train, held_out)``, at
+    least one case on each side, each in the cases' own order.
+
+    Raises:
+        DataError: fewer than two cases.
+    """
     if len(cases) < 2:
-        raise DataError(f"held-out evaluation needs >= 2 labelled cases, the site has {len(cases)}; add cases")
+        raise DataError(f"held-out evaluation needs >= 2 labelled cases, the site has {len(cases)}; add cases, "
+                        "pass --val-data, or train on all of them with --val-fraction 0")
     order = torch.randperm(len(cases), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_eval = min(len(cases) - 1, max(1, round(holdout * len(cases))))
-    return [cases[i] for i in order[n_eval:]], [cases[i] for i in order[:n_eval]]
+    n_eval = min(len(cases) - 1, max(1, round(fraction * len(cases))))
+    return [cases[i] for i in sorted(order[n_eval:])], [cases[i] for i in sorted(order[:n_eval])]
 
 
-class PatchBatches:
-    """Random ``patch``-sized crops of training cases, ``batches`` per epoch (re-iterable, seeded).
+def kfold_cases(cases: list[T], folds: int, seed: int) -> list[tuple[list[T], list[T]]]:
+    """K folds by case (never by patch), shuffled with ``seed``: ``[(train, held_out), ...]``; every
+    case is held out exactly once, fold sizes differ by at most one.
 
-    Yields ``{"image": (B, 1, *patch), "label": (B, 1, *patch)}``; each epoch draws new crops
-    and random flips along every axis (the same for image and label). A 2-size ``patch`` (a
-    2-D network) crops one axial slice of a random ``Z``: ``(B, 1, X, Y)`` patches.
+    Raises:
+        DataError: fewer cases than folds.
     """
-
-    def __init__(self, cases: list[Case], patch: Sequence[int], *, batch_size: int = 2, batches: int = 4, seed: int = 0):
-        self.cases, self.patch = cases, tuple(patch)
-        self.batch_size, self.batches = batch_size, batches
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return self.batches
-
-    def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        g = self.generator
-        for _ in range(self.batches):
-            images, labels = [], []
-            for _ in range(self.batch_size):
-                case = self.cases[int(torch.randint(len(self.cases), (1,), generator=g))]
-                image, label = case.image, case.label
-                if len(self.patch) == 2 and image.dim() == 4:  # a 2-D network: one axial slice
-                    z = int(torch.randint(image.shape[-1], (1,), generator=g))
-                    image, label = image[..., z], label[..., z]
-                start = [int(torch.randint(s - p + 1, (1,), generator=g)) for s, p in zip(image.shape[1:], self.patch, strict=True)]
-                region = (slice(None), *(slice(a, a + p) for a, p in zip(start, self.patch, strict=True)))
-                image, label = image[region], label[region]
-                flips = [d + 1 for d in range(len(self.patch)) if torch.rand(1, generator=g) < 0.5]
-                if flips:
-                    image, label = image.flip(flips), label.flip(flips)
-                images.append(image)
-                labels.append(label)
-            yield {"image": torch.stack(images), "label": torch.stack(labels)}
-
-
-def eval_batches(cases: list[Case]) -> list[dict[str, Tensor]]:
-    """One whole volume per batch, with its spacing (HD95 in mm)."""
-    return [{"image": c.image[None], "label": c.label[None], "spacing": torch.tensor([c.spacing])} for c in cases]
+    if folds < 2 or len(cases) < folds:
+        raise DataError(f"{folds}-fold evaluation needs at least {max(folds, 2)} labelled cases, the site has {len(cases)}; "
+                        "use fewer --folds or the held-out split (--folds 0)")
+    order = torch.randperm(len(cases), generator=torch.Generator().manual_seed(seed)).tolist()
+    chunks = [order[k::folds] for k in range(folds)]
+    return [([cases[i] for i in sorted(order) if i not in chunk], [cases[i] for i in sorted(chunk)]) for chunk in chunks]
 
 
 def write_case_from_nifti(
@@ -266,8 +191,6 @@ def write_case_from_nifti(
     import nibabel as nib
     from pydicom.uid import CTImageStorage, MRImageStorage
 
-    from scalpel.medical.synthetic import write_nifti
-
     nii = nib.load(str(image_path))
     image = np.asanyarray(nii.dataobj).astype(np.float64)
     labels = np.asarray(label) if isinstance(label, np.ndarray) else np.asanyarray(nib.load(str(label)).dataobj)
@@ -293,16 +216,21 @@ def write_case_from_nifti(
         slope = max((high - low) / 65000.0, 1e-9)
         intercept = low + 32500.0 * slope
         stored = (np.round((image - low) / slope) - 32500.0).astype(np.int16)
-    folder = Path(site) / "dicom" / case
-    folder.mkdir(parents=True, exist_ok=True)
     sop_class = MRImageStorage if modality == "MR" else CTImageStorage
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    spacing = (float(np.linalg.norm(lps[:3, 1])), float(np.linalg.norm(lps[:3, 0])))  # (row, column) spacing
-    for z in range(image.shape[2]):
-        ds = _image_slice(stored[:, :, z].T, sop_class, modality, (study, series, frame), lps @ [0.0, 0.0, z, 1.0],
-                          (*rows_dir, *cols_dir), spacing, float(np.linalg.norm(lps[:3, 2])), z + 1, case, (slope, intercept))
-        with atomic_write(folder / f"{z:04d}.dcm") as handle:
-            ds.save_as(handle, enforce_file_format=True)
+    rows_mm, cols_mm = float(np.linalg.norm(lps[:3, 1])), float(np.linalg.norm(lps[:3, 0]))
+
+    def describe(ds: Dataset, z: int) -> None:
+        ds.PatientName, ds.PatientID = f"Case^{case}", case  # the case name is the only identity a NIfTI has
+        ds.PatientBirthDate = ds.PatientSex = ds.StudyDate = ds.StudyTime = ds.ReferringPhysicianName = ds.AccessionNumber = ""
+        ds.Modality, ds.StudyID, ds.SeriesDescription = modality, "1", f"from NIfTI ({case})"
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*rows_dir, *cols_dir)]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in (lps @ [0.0, 0.0, z, 1.0])[:3]]
+        ds.PixelSpacing = [f"{rows_mm:.6g}", f"{cols_mm:.6g}"]  # (row, column) spacing
+        ds.SliceThickness = f"{float(np.linalg.norm(lps[:3, 2])):.6g}"
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{intercept:.10g}"
+
+    folder = Path(site) / "dicom" / case
+    write_series(folder, stored, sop_class, describe)
     (Path(site) / "labels").mkdir(parents=True, exist_ok=True)
     write_nifti(Path(site) / "labels" / f"{case}.nii.gz", labels.astype(np.uint8), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps)
     return folder
@@ -312,28 +240,3 @@ def _translation(x: float, y: float, z: float) -> np.ndarray:
     out = np.eye(4)
     out[:3, 3] = (x, y, z)
     return out
-
-
-def _image_slice(pixels, sop_class, modality, uids, position, orientation, spacing, thickness, number, case, rescale) -> Dataset:
-    study, series, frame = uids
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID = f"Case^{case}", case  # the case name is the only identity a NIfTI has
-    ds.PatientBirthDate = ds.PatientSex = ds.StudyDate = ds.StudyTime = ds.ReferringPhysicianName = ds.AccessionNumber = ""
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.StudyID = modality, 1, number, "1"
-    ds.SeriesDescription = f"from NIfTI ({case})"
-    ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
-    ds.ImagePositionPatient = [f"{v:.4f}" for v in position[:3]]
-    ds.PixelSpacing = [f"{v:.6g}" for v in spacing]
-    ds.SliceThickness = f"{thickness:.6g}"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleSlope, ds.RescaleIntercept = f"{rescale[0]:.10g}", f"{rescale[1]:.10g}"
-    ds.PixelData = np.ascontiguousarray(pixels.astype("<i2")).tobytes()
-    return ds

@@ -23,6 +23,7 @@ Layout of a site folder (what ``scalpel medical adapt`` reads)::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,10 @@ class ScannerProfile:
     rescale_slope: float
     rescale_intercept: float
     manufacturer: str
+
+    def measure(self, true_hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """What this scanner reads from a phantom of ``true_hu``: its calibration, then its noise."""
+        return self.gain * true_hu + self.offset + rng.normal(0.0, self.noise_hu, size=true_hu.shape)
 
 
 SCANNERS: dict[str, ScannerProfile] = {
@@ -119,7 +124,7 @@ def write_site(
     for k in range(cases):
         case = f"{profile.name}{k:03d}"
         true_hu, label = phantom(shape, seed=seed * 1000 + k + 100 * (ord(profile.name[0]) if profile.name else 0))
-        measured = profile.gain * true_hu + profile.offset + rng.normal(0.0, profile.noise_hu, size=true_hu.shape)
+        measured = profile.measure(true_hu, rng)
         series_dir = root / "dicom" / case
         affine = write_ct_series(series_dir, measured, profile, patient_id=f"SYN-{case}", patient_name=f"Synthetic^{case}")
         label_path = root / "labels" / f"{case}.nii.gz"
@@ -140,19 +145,53 @@ def write_ct_series(
     if stored.min() < 0 or stored.max() > 65535:
         raise DataError(f"scanner {profile.name}: HU range [{hu.min():.0f}, {hu.max():.0f}] does not fit 16-bit storage "
                         f"with slope {profile.rescale_slope} and intercept {profile.rescale_intercept}; change them")
-    stored = stored.astype(np.uint16)
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
     row_mm, col_mm = profile.pixel_spacing
     origin = np.array([-hu.shape[0] * col_mm / 2, -hu.shape[1] * row_mm / 2, 0.0])  # LPS
-    for z in range(hu.shape[2]):
-        position = origin + [0.0, 0.0, z * profile.slice_spacing]
-        ds = _ct_slice(stored[:, :, z].T, profile, study, series, frame, position, z + 1, patient_id, patient_name)
-        with atomic_write(folder / f"{z:04d}.dcm") as handle:
-            ds.save_as(handle, enforce_file_format=True)
+
+    def describe(ds: Dataset, z: int) -> None:
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.SeriesDate, ds.ContentDate = "20260101", "120000", "20260101", "20260101"
+        ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = "SYN1", "1", ""
+        ds.InstitutionName, ds.StationName = f"Synthetic site {profile.name}", f"SYN-{profile.name}"
+        ds.Manufacturer, ds.ManufacturerModelName = profile.manufacturer, f"Phantom {profile.name}"
+        ds.Modality, ds.SeriesDescription, ds.BodyPartExamined = "CT", "Synthetic phantom", "PHANTOM"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in origin + [0.0, 0.0, z * profile.slice_spacing]]
+        ds.PixelSpacing = [f"{v:g}" for v in profile.pixel_spacing]
+        ds.SliceThickness = f"{profile.slice_spacing:g}"
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = f"{profile.rescale_slope:g}", f"{profile.rescale_intercept:g}", "HU"
+        ds.WindowCenter, ds.WindowWidth = "40", "400"
+
+    write_series(folder, stored.astype(np.uint16), CTImageStorage, describe)
     lps = np.diag([col_mm, row_mm, profile.slice_spacing, 1.0])
     lps[:3, 3] = origin
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def write_series(folder: Path, stored: np.ndarray, sop_class: str, describe: Callable[[Dataset, int], None]) -> None:
+    """Write ``stored`` ``(X, Y, Z)`` (uint16 or int16) as one single-frame image per slice
+    ``folder/NNNN.dcm`` (slice ``z`` holds ``stored[:, :, z].T``), new study, series and frame
+    of reference; ``describe(dataset, z)`` adds the patient, geometry and modality attributes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uids = generate_uid(), generate_uid(), generate_uid()
+    for z in range(stored.shape[2]):
+        pixels = np.ascontiguousarray(stored[:, :, z].T)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
+        ds.SeriesNumber, ds.InstanceNumber = 1, z + 1
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = pixels.shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(pixels.dtype.kind == "i")
+        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+        describe(ds, z)
+        with atomic_write(folder / f"{z:04d}.dcm") as handle:
+            ds.save_as(handle, enforce_file_format=True)
 
 
 def write_nifti(path: Path, label: np.ndarray, affine: np.ndarray) -> None:
@@ -167,33 +206,3 @@ def _gzip(data: bytes) -> bytes:
     import gzip
 
     return gzip.compress(data, mtime=0)
-
-
-def _ct_slice(pixels, profile, study, series, frame, position, number, patient_id, patient_name) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "19700101", "O"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-    ds.StudyDate, ds.StudyTime, ds.SeriesDate, ds.ContentDate = "20260101", "120000", "20260101", "20260101"
-    ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = "SYN1", "1", ""
-    ds.InstitutionName, ds.StationName = f"Synthetic site {profile.name}", f"SYN-{profile.name}"
-    ds.Manufacturer, ds.ManufacturerModelName = profile.manufacturer, f"Phantom {profile.name}"
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, number
-    ds.SeriesDescription, ds.BodyPartExamined = "Synthetic phantom", "PHANTOM"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
-    ds.PixelSpacing = [f"{v:g}" for v in profile.pixel_spacing]
-    ds.SliceThickness = f"{profile.slice_spacing:g}"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = f"{profile.rescale_slope:g}", f"{profile.rescale_intercept:g}", "HU"
-    ds.WindowCenter, ds.WindowWidth = "40", "400"
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    return ds

@@ -22,16 +22,22 @@ windowed volumes once and only the random part runs every epoch):
 
 Every sample also carries ``spacing`` (mm per axis, from the affine, so HD95 is in mm); image
 and label leave the chain as plain tensors (the DICOM metadata does not collate into batches).
+
+Prediction runs the same deterministic steps on a loaded series (:func:`to_model_grid`) and moves
+the model's class probabilities back onto the series' own grid by inverting them
+(:func:`to_series_grid`, MONAI's ``Invertd``): the one resampling path, both ways.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from monai.data import Dataset
 from monai.transforms import MapTransform, Transform
 
 from scalpel.core.config import raise_if_problems
@@ -93,11 +99,14 @@ class PreprocessConfig:
 
 
 class RequireSized(MapTransform):
-    """Refuse a volume smaller than ``min_size`` on any spatial axis (after resampling)."""
+    """Refuse a volume smaller than ``min_size`` on any spatial axis (after resampling).
 
-    def __init__(self, keys: Sequence[Hashable], min_size: Sequence[int]):
+    ``base=True``: the volume is to be predicted by a base, so the fix is another series or base.
+    """
+
+    def __init__(self, keys: Sequence[Hashable], min_size: Sequence[int], *, base: bool = False):
         super().__init__(keys)
-        self.min_size = tuple(int(s) for s in min_size)
+        self.min_size, self.base = tuple(int(s) for s in min_size), base
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         out = dict(data)
@@ -105,9 +114,12 @@ class RequireSized(MapTransform):
             size = tuple(out[key].shape[1:])
             # a 2-D patch is cut from axial slices: only the in-plane axes must be large enough
             if len(size) < len(self.min_size) or any(s < m for s, m in zip(size, self.min_size, strict=False)):
-                case = out.get("case", key)
-                raise DataError(f"{case}: the volume is {'x'.join(map(str, size))} voxels (after resampling), smaller than "
-                                f"the {'x'.join(map(str, self.min_size))} patch; use a smaller patch, a finer spacing, or drop it")
+                volume, patch = "x".join(map(str, size)), "x".join(map(str, self.min_size))
+                if self.base:
+                    raise DataError(f"{out.get('case', key)} is {volume} voxels (on the base's grid), smaller than the base's {patch} "
+                                    "patch; this base cannot segment it (use a larger series, or a base trained with a smaller patch)")
+                raise DataError(f"{out.get('case', key)}: the volume is {volume} voxels (after resampling), smaller than the "
+                                f"{patch} patch; use a smaller patch, a finer spacing, or drop it")
         return out
 
 
@@ -126,8 +138,9 @@ class AddSpacingd(Transform):
         return out
 
 
-def preprocessing(config: PreprocessConfig, *, load: bool = True, keys: Sequence[str] = KEYS) -> list[Any]:
-    """The deterministic transforms: load, orient, resample, window, size check, spacing."""
+def preprocessing(config: PreprocessConfig, *, load: bool = True, keys: Sequence[str] = KEYS, base: bool = False) -> list[Any]:
+    """The deterministic transforms: load, orient, resample, window, size check, spacing
+    (``base``: of a series to predict with a base; see :class:`RequireSized`)."""
     from monai.transforms import EnsureTyped, Orientationd, ScaleIntensityRanged, Spacingd
 
     from scalpel.medical.dicom import LoadDicomSeriesd
@@ -140,7 +153,7 @@ def preprocessing(config: PreprocessConfig, *, load: bool = True, keys: Sequence
         steps.append(Spacingd(list(keys), pixdim=tuple(config.spacing), mode=modes, allow_missing_keys=True))
     low, high = config.window
     steps.append(ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
-    steps.append(RequireSized(["image"], config.patch))
+    steps.append(RequireSized(["image"], config.patch, base=base))
     steps.append(AddSpacingd())
     # Plain tensors from here on: the DICOM metadata (per-slice UIDs, ...) does not collate into
     # batches, and what the network and the metrics need (the spacing) is already in its own key.
@@ -211,20 +224,59 @@ def segmentation_transforms(config: PreprocessConfig, *, train: bool, load: bool
 
 def cached_dataset(records: Sequence[Mapping[str, Any]], transform: Any, *, cache: bool = True) -> Any:
     """A ``monai.data.CacheDataset`` (the deterministic prefix of ``transform`` run once per record,
-    in memory) or, with ``cache=False``, a plain ``monai.data.Dataset``.
+    in memory) or, with ``cache=False``, a ``monai.data.Dataset`` (each record loaded when read).
 
     Raises:
         ScalpelError: the first :class:`ScalpelError` a transform raised (bad label geometry,
-            a volume smaller than the patch, ...), unwrapped from MONAI's ``RuntimeError``.
+            a volume smaller than the patch, ...), unwrapped from MONAI's ``RuntimeError``, here
+            or (``cache=False``) when a sample is read.
     """
-    from monai.data import CacheDataset, Dataset
+    from monai.data import CacheDataset
 
     if not records:
         raise DataError("no records to build a dataset from; give at least one series with its label")
-    try:
+    with scalpel_errors():
         if cache:
             return CacheDataset(list(records), transform, cache_rate=1.0, num_workers=0, progress=False)
-        return Dataset(list(records), transform)
+        return _Dataset(list(records), transform)
+
+
+def to_model_grid(config: PreprocessConfig, image: Any, name: str = "the series") -> tuple[dict[str, Any], Any]:
+    """One loaded image (a MetaTensor with its affine) through the deterministic steps of training:
+    ``(sample, chain)``; the sample's image keeps its metadata, so :func:`to_series_grid` can undo
+    the reorientation and resampling.
+
+    Raises:
+        DataError: the image is smaller than ``config.patch`` on that grid.
+    """
+    from monai.transforms import Compose
+
+    chain = Compose(preprocessing(config, load=False, keys=("image",), base=True)[:-1])  # less the last step: metadata kept
+    with scalpel_errors():
+        return chain({"image": image, "case": name}), chain
+
+
+def to_series_grid(values: torch.Tensor, sample: dict[str, Any], chain: Any) -> torch.Tensor:
+    """``values`` ``(C, *model grid)`` (class probabilities) moved back onto the image's own grid
+    by inverting ``chain`` (bilinear); a plain ``(C, *series grid)`` tensor."""
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    image = sample["image"]
+    if not image.applied_operations:
+        return values
+    moved = MetaTensor(values, affine=image.affine, meta={k: v for k, v in image.meta.items() if k != "affine"})
+    moved.applied_operations = list(image.applied_operations)
+    back = Invertd(keys="values", transform=chain, orig_keys="image", nearest_interp=False)({"values": moved, "image": image})
+    return back["values"].as_tensor()
+
+
+@contextmanager
+def scalpel_errors() -> Iterator[None]:
+    """Re-raise the :class:`ScalpelError` inside MONAI's ``RuntimeError("applying transform ...")``
+    chain as itself, so a user sees what to fix rather than a transform's traceback."""
+    try:
+        yield
     except RuntimeError as err:
         cause = scalpel_cause(err)
         if cause is err:
@@ -240,3 +292,11 @@ def scalpel_cause(err: BaseException) -> BaseException:
             return seen
         seen = seen.__cause__ or seen.__context__
     return err
+
+
+class _Dataset(Dataset):
+    """A ``monai.data.Dataset`` whose transform errors come out as the :class:`ScalpelError` inside."""
+
+    def __getitem__(self, index: Any) -> Any:
+        with scalpel_errors():
+            return super().__getitem__(index)

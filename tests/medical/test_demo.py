@@ -6,7 +6,7 @@ import pytest
 
 from scalpel.core import load_adapter
 from scalpel.medical import demo
-from scalpel.medical.adapt import load_base
+from scalpel.medical.base import load_base
 
 
 @pytest.mark.integration
@@ -22,5 +22,8 @@ def test_quick_demo_rows_and_reuse_of_the_base(tmp_path):
     model, _, _ = load_base(tmp_path / "base")
     load_adapter(model, f"{sparse['run_dir']}/adapter")  # the adapter opens on its base
     base_mtime = (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns
-    demo.run_demo(tmp_path, quick=True, methods=("sparse",))
+    again = demo.run_demo(tmp_path, quick=True, methods=("sparse",))  # a rerun into the same folder replaces the runs
     assert (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns == base_mtime  # reused, not retrained
+    assert again[0]["before"] == sparse["before"] and again[1]["run_dir"] == sparse["run_dir"]
+    assert set(again[1]) >= {"domain", "task", "method", "metric", "before", "after", "trainable", "total", "train_seconds",
+                             "adapter_bytes", "run_dir"}

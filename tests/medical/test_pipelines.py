@@ -10,9 +10,10 @@ import torch
 
 from scalpel.core import read_adapter_meta
 from scalpel.core.cli import main
+from scalpel.core.run import RunResult
 from scalpel.medical.dicom import load_label, load_series
-from scalpel.medical.networks import NetworkSpec
-from scalpel.medical.pipelines import load_adapted, predict, save_checkpoint
+from scalpel.medical.networks import NetworkSpec, save_checkpoint
+from scalpel.medical.predict import load_adapted, predict
 from scalpel.medical.synthetic import write_nifti, write_site
 
 
@@ -23,14 +24,19 @@ def base_dir(tmp_path_factory):
 
 
 def _run(args: list[str]) -> int:
-    return main(["run", *args])
+    """``scalpel run ...``'s exit status: a value refused while the flags are parsed ends the command
+    in the parser (tyro prints the problems, status 2), the rest in ``main``."""
+    try:
+        return main(["run", *args])
+    except SystemExit as stop:
+        return stop.code
 
 
 @pytest.mark.integration
 def test_segmentation_run_writes_the_run_dir_and_its_adapter_predicts_masks_on_the_series_grid(base_dir, tmp_path):
     run = tmp_path / "seg"
     assert _run(["medical.segmentation", "--quick", "--output-dir", str(run), "--base-dir", str(base_dir)]) == 0
-    for name in ("config.yaml", "metrics.jsonl", "report.md", "summary.json", "adapter/scalpel.json"):
+    for name in ("config.yaml", "metrics.jsonl", "report.md", "result.json", "adapter/scalpel.json"):
         assert (run / name).is_file(), name
     extra = read_adapter_meta(run / "adapter")["extra"]
     assert extra["task"] == "medical.segmentation" and extra["network"]["name"] == "unet"
@@ -38,7 +44,7 @@ def test_segmentation_run_writes_the_run_dir_and_its_adapter_predicts_masks_on_t
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/dice" in line for line in lines) and any("loss" in line for line in lines)
     report = (run / "report.md").read_text()
-    assert "before vs after (lora, unet)" in report and "| dice |" in report
+    assert "## medical.segmentation: lora" in report and "base: unet" in report and "| dice |" in report
     model, _ = load_adapted(run / "adapter")
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
@@ -71,9 +77,9 @@ def test_classification_run_on_2d_slices_reports_auc_sensitivity_specificity(bas
                  "--output-dir", str(run), "--base-dir", str(base_dir)]) == 0
     extra = read_adapter_meta(run / "adapter")["extra"]
     assert extra["task"] == "medical.classification" and extra["spatial_dims"] == 2
-    summary = json.loads((run / "summary.json").read_text())
+    result = RunResult.read(run)
     for key in ("auc", "sensitivity", "specificity", "accuracy"):
-        assert key in summary["after"] and key in summary["before"]
+        assert key in result.after and key in result.before
     site = next(base_dir.glob("data-classification-*")) / "B"
     rows = predict(run / "adapter", [str(next((site / "dicom").iterdir()))], {})
     assert rows[0]["label"] in ("absent", "present")
@@ -174,13 +180,13 @@ def test_classification_from_a_csv_of_image_level_labels_scores_every_class(tmp_
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     run = tmp_path / "run"
     assert _run(["medical.classification", "--data", str(site), "--labels-csv", str(tmp_path / "labels.csv"), "--method", "full",
-                 "--network", "resnet10", "--network-options", "{widen_factor: 0.125}", "--size", "16", "--steps", "3",
+                 "--network", "resnet10", "--network-options", "{widen_factor: 0.125}", "--size", "16", "--max-steps", "3",
                  "--val-fraction", "0.5", "--output-dir", str(run)]) == 0
     extra = read_adapter_meta(run / "adapter")["extra"]
     assert extra["class_names"] == sorted(classes)
-    summary = json.loads((run / "summary.json").read_text())
-    assert {f"auc/{c}" for c in classes} <= set(summary["after"])
-    assert any("ghost" in why for why in summary["skipped"])
+    result = RunResult.read(run)
+    assert {f"auc/{c}" for c in classes} <= set(result.after)
+    assert any("ghost" in why for why in result.extras["skipped"])
 
 
 def test_a_labels_csv_without_the_columns_is_refused(capsys, user_site, tmp_path):
@@ -202,7 +208,7 @@ def test_a_base_written_by_site_adaptation_is_adapted_by_the_pipeline(user_site,
     save_base(spec.unet.build(), spec, tmp_path / "base")
     run = tmp_path / "run"
     assert _run(["medical.segmentation", "--data", str(root), "--base", str(tmp_path / "base"), "--method", "lora",
-                 "--steps", "2", "--output-dir", str(run)]) == 0
+                 "--max-steps", "2", "--output-dir", str(run)]) == 0
     extra = read_adapter_meta(run / "adapter")["extra"]
     assert extra["structures"] == list(STRUCTURES) and extra["patch"] == [16, 16, 16]
     assert extra["orientation"] == ""  # the site base was trained on each series' stored grid, and stays so
@@ -212,14 +218,14 @@ def test_a_base_written_by_site_adaptation_is_adapted_by_the_pipeline(user_site,
 
 def test_a_pipeline_base_is_adapted_to_a_site_and_predicts_a_seg(user_site, tmp_path):
     from scalpel.core.errors import AdapterError
-    from scalpel.medical.adapt import AdaptOptions, BaseSpec, adapt_site, load_base
+    from scalpel.medical.adapt import BaseSpec, adapt_site, load_base
     from scalpel.medical.predict import SiteAdapters, read_series
     from scalpel.medical.synthetic import STRUCTURES
 
     root, cases = user_site
     base = tmp_path / "base"
     assert _run(["medical.segmentation", "--data", str(root), "--method", "full", "--structures", *STRUCTURES,
-                 "--patch", "16", "16", "16", "--network-options", "{channels: [4, 8], strides: [2]}", "--steps", "2",
+                 "--patch", "16", "16", "16", "--network-options", "{channels: [4, 8], strides: [2]}", "--max-steps", "2",
                  "--output-dir", str(tmp_path / "train")]) == 0
     model, extra = load_adapted(tmp_path / "train" / "adapter")
     assert extra["orientation"] == "RAS" and BaseSpec.from_dict(extra).orientation == "RAS"
@@ -227,9 +233,9 @@ def test_a_pipeline_base_is_adapted_to_a_site_and_predicts_a_seg(user_site, tmp_
     # a base as the pipeline saved them before recording the orientation: trained in RAS all the same
     save_checkpoint(model, network, base, **{k: extra[k] for k in ("task", "structures", "window", "patch")})
     assert load_base(base)[1].orientation == "RAS"
-    summary = adapt_site(base, root, tmp_path / "site", AdaptOptions(method="lora", steps=1, deidentify=False))
-    assert 0 <= summary["adapted"]["dice"] <= 1
-    labels = SiteAdapters(base).predict(read_series(cases[0].series_dir), summary["adapter_dir"])
+    result = adapt_site(base, root, tmp_path / "site", method="lora", max_steps=1, deidentify=False)
+    assert 0 <= result.after["dice"] <= 1
+    labels = SiteAdapters(base).predict(read_series(cases[0].series_dir), result.adapter_dir)
     assert labels.shape == cases[0].label.shape
 
     save_checkpoint(model, network, tmp_path / "cls", task="medical.classification",

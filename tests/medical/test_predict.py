@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from scalpel.core.errors import BaseModelMismatchError, DataError
-from scalpel.medical.adapt import AdaptOptions, BaseSpec, adapt_site, load_site_adapter, save_base, train_base
+from scalpel.medical.adapt import BaseSpec, adapt_site, load_site_adapter, save_base, train_base
 from scalpel.medical.dicom import load_label, load_series
 from scalpel.medical.dicom.seg import AlgorithmInfo, build_seg, seg_bytes, write_seg
 from scalpel.medical.predict import SiteAdapters, adapter_fingerprint, find_site_adapters, predict_labels, read_series
 from scalpel.medical.segmentation import UNetSpec
-from scalpel.medical.site import normalise_hu
 from scalpel.medical.synthetic import STRUCTURES, write_site
 
 SPEC = BaseSpec(UNetSpec(out_channels=3, channels=(4, 8), strides=(2,)), STRUCTURES, patch=(16, 16, 16))
@@ -29,9 +28,15 @@ def world(tmp_path_factory):
     new = write_site(root / "new", "B", cases=1, shape=(20, 16, 18), seed=9)[0]
     train_base(root / "A", root / "base", SPEC, steps=4)
     for method in ("lora", "full"):
-        adapt_site(root / "base", root / "B", root / "runs" / method,
-                   AdaptOptions(method=method, site=f"B-{method}", steps=3, deidentify=False, lr=2e-2))
+        adapt_site(root / "base", root / "B", root / "runs" / method, method=method, site=f"B-{method}", max_steps=3,
+                   deidentify=False, lr=2e-2)
     return {"root": root, "base": root / "base", "lora": root / "runs/lora/adapter", "full": root / "runs/full/adapter", "new": new}
+
+
+def normalise_hu(hu, window):
+    """The HU window onto [0, 1], clipped: what every medical run does to its inputs."""
+    low, high = window
+    return (hu.clamp(low, high) - low) / (high - low)
 
 
 def _logits(model, hu):
@@ -120,11 +125,11 @@ def test_cli_predict_and_sites(world, tmp_path, capsys):
     capsys.readouterr()
     torch.manual_seed(5)
     save_base(SPEC.unet.build(), SPEC, tmp_path / "other_base")
-    adapt_site(tmp_path / "other_base", world["root"] / "B", tmp_path / "runs" / "x", AdaptOptions(steps=1, deidentify=False))
+    adapt_site(tmp_path / "other_base", world["root"] / "B", tmp_path / "runs" / "x", max_steps=1, deidentify=False)
     rows, others = find_site_adapters(world["base"], world["root"])
     assert sorted(r["method"] for r in rows) == ["full", "lora"] and others == 0
     assert all(0 < r["trainable"] <= r["total"] and 0 <= r["dice"] <= 1 for r in rows)
-    assert find_site_adapters(tmp_path / "other_base", tmp_path)[0][0]["site"] == "site"
+    assert find_site_adapters(tmp_path / "other_base", tmp_path)[0][0]["site"] == "B"  # by default, the site folder's name
     assert main(["medical", "sites", "--base", str(world["base"]), "--runs", str(world["root"])]) == 0
     text = capsys.readouterr().out
     assert "B-lora" in text and "B-full" in text and "lora" in text

@@ -9,7 +9,8 @@ import pytest
 
 from scalpel.core.errors import DataError
 from scalpel.medical.dicom import load_label, load_series
-from scalpel.medical.site import load_cases, write_case_from_nifti
+from scalpel.medical.site import site_records, write_case_from_nifti
+from scalpel.medical.transforms import PreprocessConfig, cached_dataset, segmentation_transforms
 
 
 @pytest.mark.parametrize("affine_diag, dtype", [((1.0, 1.0, 2.0), np.float32), ((-1.5, 1.5, 1.5), np.uint8)])
@@ -31,8 +32,11 @@ def test_nifti_case_round_trips_values_and_geometry(tmp_path, affine_diag, dtype
     world = volume.affine.numpy() @ np.array([2, 3, 4, 1.0])
     voxel = np.round(np.linalg.inv(affine) @ world).astype(int)[:3]
     assert abs(float(volume[0, 2, 3, 4]) - float(image[tuple(voxel)])) <= tolerance
-    cases, _ = load_cases(tmp_path / "site" / "dicom", tmp_path / "site" / "labels", window=(0, 200), min_size=(8, 8, 8))
-    assert [c.name for c in cases] == ["c0"]
+    records, _, skipped = site_records(tmp_path / "site")
+    assert [r["case"] for r in records] == ["c0"] and not skipped
+    config = PreprocessConfig(window=(0, 200), patch=(8, 8, 8), orientation="")
+    sample = cached_dataset(records, segmentation_transforms(config, train=False))[0]  # what a run reads
+    assert tuple(sample["image"].shape) == (1, 12, 10, 9) == tuple(sample["label"].shape)
 
 
 def test_nifti_case_slab_and_bad_label(tmp_path):
