@@ -7,6 +7,9 @@ Modules: :mod:`~scalpel.vision.data` (COCO, VOC, masks, ImageFolder/CSV, transfo
 :mod:`~scalpel.vision.models` (torchvision builders, weights, heads),
 :mod:`~scalpel.vision.tasks` and :mod:`~scalpel.vision.metrics`, :mod:`~scalpel.vision.distill`,
 :mod:`~scalpel.vision.synthetic` (the embedded source/target domains),
-:mod:`~scalpel.vision.run` / :mod:`~scalpel.vision.pipelines` (the published pipelines),
+:mod:`~scalpel.vision.splits` (a run's data and loaders), :mod:`~scalpel.vision.base`
+(the embedded default's cached source-trained base), :mod:`~scalpel.vision.config` (the
+domain options), :mod:`~scalpel.vision.run` (the kit of a run),
+:mod:`~scalpel.vision.pipelines` (the published pipelines), :mod:`~scalpel.vision.predict`,
 :mod:`~scalpel.vision.demo` (all methods side by side). See docs/vision.md.
 """

@@ -9,8 +9,8 @@ synthetic *source* domain (plain shapes on plain backgrounds), cached in
 method on the *target* domain (other colours and sizes, real-photo textures). Layout::
 
     <task>/data/          source and target scenes (COCO JSON, image + mask folders)
-    <task>/base/          the source-trained base (safetensors), its target metrics, base_examples.png
-    <task>/<method>/      one pipeline run: adapter/, merged/, metrics.jsonl, report.md, examples.png
+    <task>/base/          the source-trained base (safetensors), its source metrics, its target predictions (PNG)
+    <task>/<method>/      one pipeline run: adapter/, merged/, metrics.jsonl, report.md, examples.png, result.json
     report.md, results.json
 
 The rows follow the demo contract of :mod:`scalpel.apps.demo`: the headline metric on the
@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 
-from scalpel.core.artifacts import adapter_bytes
 from scalpel.core.compare import comparison_table
 from scalpel.core.files import atomic_write, write_json
-from scalpel.vision.config import DetectionConfig, SegmentationConfig, VisionConfig
-from scalpel.vision.run import run_pipeline
+from scalpel.core.pipeline import Pipeline, Settings
+from scalpel.core.run import RunResult
+from scalpel.vision.pipelines import detection, segmentation
 
 METHODS = ("lora", "layerwise", "sparse", "full")
 #: Per-method peak learning rates: full fine-tuning moves every weight, so it gets a smaller step.
@@ -55,6 +55,15 @@ class DemoSize:
     batch_size: int
 
 
+@dataclass(frozen=True)
+class DemoRun:
+    """One run of the demo: a task's pipeline and the settings of one method."""
+
+    task: str
+    pipeline: Pipeline
+    settings: Settings
+
+
 FULL = DemoSize(images=160, detection_size=128, segmentation_size=64, base_steps=120, steps=48, batch_size=8)
 QUICK = DemoSize(images=24, detection_size=64, segmentation_size=64, base_steps=20, steps=8, batch_size=4)
 
@@ -69,20 +78,23 @@ DEMO_BLOCKS = ("stem", "first 8")
 SEGMENTATION_WEIGHTS = (0.3, 1.0, 1.0, 1.0)
 
 
-def demo_configs(output_dir: Path, quick: bool, methods: Sequence[str] = METHODS) -> list[VisionConfig]:
-    """One pipeline config per task x method; all runs of a task share one base and one data set."""
+def demo_runs(output_dir: Path, quick: bool, methods: Sequence[str] = METHODS) -> list[DemoRun]:
+    """One run per task x method; all runs of a task share one base and one data set (``base_dir``)."""
     size = QUICK if quick else FULL
-    configs: list[VisionConfig] = []
-    for cls, image_size, extra in ((DetectionConfig, size.detection_size, {}),
-                                   (SegmentationConfig, size.segmentation_size, {"class_weights": SEGMENTATION_WEIGHTS})):
-        root = output_dir / cls.task
+    runs: list[DemoRun] = []
+    for task, pipeline, image_size, extra in (("detection", detection, size.detection_size, {}),
+                                             ("segmentation", segmentation, size.segmentation_size,
+                                              {"class_weights": SEGMENTATION_WEIGHTS})):
+        root = output_dir / task
         for method in methods:
-            configs.append(cls(
+            # overwrite: a demo rerun replaces its runs (the cached base and data under base_dir stay);
+            # save_every 0: such a run is never resumed, so step checkpoints would only be written
+            settings = pipeline.settings(
                 output_dir=str(root / method), base_dir=str(root), method=method, quick=quick, lr=LEARNING_RATES[method],
                 image_size=image_size, train_images=size.images, base_steps=size.base_steps, max_steps=size.steps,
-                batch_size=size.batch_size, blocks=DEMO_BLOCKS, **extra,
-            ))
-    return configs
+                batch_size=size.batch_size, blocks=DEMO_BLOCKS, overwrite=True, save_every=0, **extra)
+            runs.append(DemoRun(task, pipeline, settings))
+    return runs
 
 
 @contextmanager
@@ -106,33 +118,30 @@ def run_demo(output_dir: str | Path = "runs/demo/vision", quick: bool = False, m
     output_dir = Path(output_dir)
     rows = []
     with torch_threads():
-        for config in demo_configs(output_dir, quick, methods):
-            result = run_pipeline(config)
-            rows.append(row_of(config, result, first=not any(r["task"] == config.task for r in rows)))
+        for run in demo_runs(output_dir, quick, methods):
+            result = run.pipeline.run(run.settings)
+            rows.append(row_of(run.task, result, first=not any(r["task"] == run.task for r in rows)))
     write_json(output_dir / "results.json", rows)
     with atomic_write(output_dir / "report.md", "w") as f:
         f.write("# Vision demo: source-trained base adapted to the shifted target domain\n\n" + "\n".join(table(rows)) + "\n")
     return rows
 
 
-def row_of(config: VisionConfig, result: dict[str, Any], *, first: bool) -> dict[str, Any]:
+def row_of(task: str, result: RunResult, *, first: bool) -> dict[str, Any]:
     """The demo-contract row of one pipeline run (``first``: also show the base's predictions)."""
-    summary, run_dir = result["summary"], Path(result["run_dir"])
-    key, label = HEADLINE[config.task]
+    key, label = HEADLINE[task]
     examples = []
-    if first and result.get("base_examples"):
-        examples.append({"caption": f"{config.task}: the source-trained base on target validation images (before adaptation)",
-                         "image": result["base_examples"]})
-    what = "predicted boxes (score >= 0.3)" if config.task == "detection" else "ground truth | prediction overlays"
-    examples.append({"caption": f"{config.task}, {config.method}: {what} on target validation images", "image": str(run_dir / "examples.png")})
-    curve = run_dir / "metrics.jsonl"
+    if first and result.extras.get("base_examples"):
+        examples.append({"caption": f"{task}: the source-trained base on target validation images (before adaptation)",
+                         "image": result.extras["base_examples"]})
+    what = "predicted boxes (score >= 0.3)" if task == "detection" else "ground truth | prediction overlays"
+    examples.append({"caption": f"{task}, {result.method}: {what} on target validation images", "image": result.extras["examples"]})
+    curve = Path(result.run_dir) / "metrics.jsonl"
     return {
-        "domain": "vision", "task": config.task, "model": config.model, "method": config.method, "metric": label,
-        "before": float(result["before"][key]), "after": float(result["metrics"][key]),
-        "trainable": summary["trainable_parameters"], "total": summary["total_parameters"],
-        "train_seconds": summary["train_seconds"], "adapter_bytes": adapter_bytes(result["adapter_dir"]),
-        "run_dir": str(run_dir), "curve": str(curve) if curve.is_file() else None, "examples": examples,
-        "steps": summary["steps"], "base_on_source": (summary.get("base_on_source") or {}).get(key),
+        **result.row(), "domain": "vision", "task": task, "metric": label,
+        "before": float(result.before[key]), "after": float(result.after[key]),
+        "curve": str(curve) if curve.is_file() else None, "examples": examples, "steps": result.steps,
+        "base_on_source": (result.extras.get("base_on_source") or {}).get(key),
     }
 
 

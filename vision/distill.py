@@ -12,18 +12,56 @@ of the task loss, for any student adapted by any method.
   Two-stage detectors (Faster R-CNN) sample different proposals per model and are refused.
 
 The losses are the core's (:mod:`scalpel.core.distill`); this module only wires the
-torchvision outputs to them.
+torchvision outputs to them. The teacher (``--teacher``) is weights for ``--teacher-arch``
+(default: the student's ``--model``), e.g. another run's ``merged/model.safetensors``, or a
+vision run or adapter folder; its head must already fit the data's classes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from scalpel.core.distill import detection_kd_loss, logit_kd_loss, pixel_kl_loss
 from scalpel.core.errors import ConfigError
+from scalpel.core.options import MethodOptions
+from scalpel.vision.config import VisionOptions
+from scalpel.vision.models import build_model, head_modules, load_weights, num_outputs, read_weights, spec_for
+from scalpel.vision.predict import load_adapted
+
+
+def distillation_task(task, method: MethodOptions, options: VisionOptions, class_names: list[str]) -> VisionDistillTask:
+    """``task`` plus distillation from ``method.teacher`` (the kit's ``teacher``)."""
+    teacher = load_teacher(method.teacher, method.teacher_arch or options.model, options, class_names)
+    return VisionDistillTask(task, teacher, alpha=method.distill_alpha, temperature=method.distill_temperature)
+
+
+def load_teacher(where: str, arch: str, options: VisionOptions, class_names: list[str]) -> nn.Module:
+    """A frozen teacher for these classes from a weights file or enum member, or a vision run/adapter folder.
+
+    Raises:
+        ConfigError: the teacher was trained for other classes (its head would be random).
+    """
+    what = f"vision.{options.task} teacher"
+    folder = Path(where)
+    if folder.is_dir():
+        adapter = folder / "adapter" if (folder / "adapter" / "scalpel.json").is_file() else folder
+        if not (adapter / "scalpel.json").is_file():
+            raise ConfigError(what, [f"{where} is a folder but neither a vision run nor an adapter folder; "
+                                     "pass a run folder, its adapter/ or a weights file such as merged/model.safetensors"])
+        teacher, extra = load_adapted(adapter)
+        if list(extra.get("class_names", [])) != list(class_names):
+            raise ConfigError(what, [f"the teacher's classes {extra.get('class_names')} differ from the data's {list(class_names)}"])
+        return teacher
+    teacher = build_model(arch, num_outputs(options.task, class_names), image_size=options.image_size, task=options.task)
+    fresh = load_weights(teacher, read_weights(arch, where), head_modules(teacher, spec_for(arch, options.task)))
+    if fresh:
+        raise ConfigError(what, [f"the head of {where} does not fit the data's {len(class_names)} classes ({', '.join(fresh[:3])} "
+                                 "differ); a teacher must be trained on the same classes, e.g. another run's merged/model.safetensors"])
+    return teacher
 
 
 class VisionDistillTask:

@@ -95,6 +95,11 @@ def spec_for(name: str, task: str | None = None) -> ModelSpec:
     return SPECS[name]
 
 
+def num_outputs(task: str, class_names: list[str]) -> int:
+    """The builder's ``num_classes`` for these classes: detectors add the background (label 0)."""
+    return len(class_names) + 1 if task == "detection" else len(class_names)
+
+
 def build_model(
     name: str,
     num_classes: int,

@@ -1,5 +1,5 @@
-"""``report.md`` of a vision run: metrics before and after adaptation, what was trained,
-what the loaders fixed or skipped, and example predictions drawn on validation images
+"""The vision sections of a run's ``report.md``: what the loaders fixed or skipped, the
+confusion matrix (classification) and example predictions drawn on validation images
 (boxes for detection, mask overlays for segmentation, labels for classification)."""
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ def confusion_lines(model: nn.Module, dataset, class_names: list[str], batch_siz
 
     meter = ClassificationMeter(class_names)
     model.eval()
+    device = _device(model)
     with torch.no_grad():
         for images, labels in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-            meter.update(model(images), torch.as_tensor(labels))
+            meter.update(model(images.to(device)).cpu(), torch.as_tensor(labels))
     lines = ["| true \\ predicted | " + " | ".join(class_names) + " |", "|---|" + "---:|" * len(class_names)]
     lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(class_names, meter.confusion_matrix())]
     return lines
@@ -67,20 +68,25 @@ def confusion_lines(model: nn.Module, dataset, class_names: list[str], batch_siz
 def example_grid(model: nn.Module, task: Any, dataset, class_names: list[str], count: int = 6) -> torch.Tensor:
     """Predictions on the first ``count`` validation images; segmentation rows pair truth and prediction."""
     model.eval()
+    device = _device(model)  # after training on a GPU the model is still there; the drawings are made on the CPU
     tiles = []
     with torch.no_grad():
         for index in range(min(count, len(dataset))):
             image, target = dataset[index]
             if task.name == "detection":
-                tiles.append(draw_detections(image, model([image])[0], class_names))
+                tiles.append(draw_detections(image, model([image.to(device)])[0], class_names))
             elif task.name == "segmentation":
-                predicted = model(image[None])["out"].argmax(1)[0]
+                predicted = model(image[None].to(device))["out"].argmax(1)[0]
                 tiles += [draw_mask(image, target, len(class_names)), draw_mask(image, predicted, len(class_names))]
             else:
-                predicted = int(model(image[None]).argmax(-1)[0])
+                predicted = int(model(image[None].to(device)).argmax(-1)[0])
                 tiles.append(draw_label(image, f"{class_names[predicted]} (true: {class_names[int(target)]})",
                                         ok=predicted == int(target)))
     return make_grid(tiles, nrow=4 if task.name == "segmentation" else 3, padding=2, pad_value=255)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def save_png(path: Path, grid: torch.Tensor) -> None:
@@ -88,45 +94,33 @@ def save_png(path: Path, grid: torch.Tensor) -> None:
         Image.fromarray(grid.permute(1, 2, 0).numpy()).save(f, format="PNG")
 
 
-def metrics_table(before: dict[str, float], after: dict[str, float]) -> list[str]:
-    lines = ["| metric | before | after |", "|---|---:|---:|"]
-    for key in sorted(set(before) | set(after), key=lambda k: ("/" in k, k)):
-        lines.append(f"| {key} | {before.get(key, float('nan')):.4f} | {after.get(key, float('nan')):.4f} |")
+def report_lines(task: str, extras: dict[str, Any], *, metric: str, confusion: list[str], merged: bool) -> list[str]:
+    """The vision sections of ``report.md`` (the run's common section already gives what was trained and the metrics).
+
+    Args:
+        task: ``"detection"``, ``"segmentation"`` or ``"classification"``.
+        extras: the run's extras (``data`` load reports, ``base_on_source``, ``examples``).
+        metric: the headline metric, quoted for the base on its source domain.
+        confusion: the classification confusion-matrix table; empty for the other tasks.
+        merged: whether ``merged/model.safetensors`` was written.
+    """
+    on_source = extras.get("base_on_source")
+    lines = ["## Data", "",
+             *[f"- {r['source']}: " + ", ".join(f"{k} {v}" for k, v in r.items() if k != "source" and v) for r in extras["data"]]]
+    if on_source:
+        lines.append(f"- the source-trained base on source validation images: {metric} {on_source.get(metric, float('nan')):.4f} "
+                     "(before: the same base on the target)")
+    if confusion:
+        lines += ["", "## Confusion matrix (validation, adapted model)", "", *confusion]
+    lines += ["", "## Example predictions", "", CAPTIONS[task], "", f"![examples]({Path(extras['examples']).name})", "",
+              "Adapter: `adapter/`; merged plain torchvision model: "
+              + ("`merged/model.safetensors`." if merged else "not written (--no-export-merged).")]
     return lines
 
 
-def write_report(run_dir: Path, config: Any, summary: dict[str, Any], model: nn.Module, task: Any, dataset, class_names: list[str]) -> Path:
-    """Write ``run_dir/report.md`` and ``run_dir/examples.png``."""
-    save_png(run_dir / "examples.png", example_grid(model, task, dataset, class_names))
-    share = 100.0 * summary["trainable_parameters"] / max(summary["total_parameters"], 1)
-    lines = [
-        f"# vision.{summary['task']}: {summary['method']} on {summary['model']}",
-        "",
-        f"Trainable parameters: {summary['trainable_parameters']:,} of {summary['total_parameters']:,} ({share:.2f}%); "
-        f"{summary['steps']} steps in {summary['train_seconds']:.1f} s.",
-        "",
-        "## Validation metrics (before = the base model, after = with the adapter)",
-        "",
-        *metrics_table(summary["before"], summary["after"]),
-        "",
-        *(["## Confusion matrix (validation, adapted model)", "", *confusion_lines(model, dataset, class_names), ""]
-          if summary["task"] == "classification" else []),
-        "## Data",
-        "",
-        *[f"- {r['source']}: " + ", ".join(f"{k} {v}" for k, v in r.items() if k != "source" and v) for r in summary["data"]],
-        "",
-        "## Example predictions",
-        "",
-        "Segmentation: ground truth then prediction, side by side." if summary["task"] == "segmentation" else
-        "Detection: boxes with score >= 0.3, labelled class and score." if summary["task"] == "detection" else
-        "Classification: predicted class (true class) on the first validation images; green frame: right, red: wrong.",
-        "",
-        "![examples](examples.png)",
-        "",
-        f"Adapter: `adapter/`; merged plain torchvision model: `merged/model.safetensors` (export_merged={config.export_merged}).",
-        "",
-    ]
-    path = run_dir / "report.md"
-    with atomic_write(path, "w") as f:
-        f.write("\n".join(lines))
-    return path
+#: What ``examples.png`` shows, per task.
+CAPTIONS = {
+    "segmentation": "Segmentation: ground truth then prediction, side by side.",
+    "detection": "Detection: boxes with score >= 0.3, labelled class and score.",
+    "classification": "Classification: predicted class (true class) on the first validation images; green frame: right, red: wrong.",
+}

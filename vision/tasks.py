@@ -11,13 +11,13 @@ train a base from scratch with ``freeze_batchnorm=False``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scalpel.core.errors import ConfigError
-
 from scalpel.vision.data.transforms import IGNORE_INDEX
 from scalpel.vision.metrics import ClassificationMeter, DetectionMeter, SegmentationMeter
 
@@ -137,3 +137,13 @@ class ClassificationTask:
         for images, labels in batches:
             meter.update(model(images), labels)
         return meter.compute()
+
+
+def make_task(options: Any, class_names: list[str], *, freeze_bn: bool = True) -> DetectionTask | SegmentationTask | ClassificationTask:
+    """The task object of ``options.task`` (a :class:`~scalpel.vision.config.VisionOptions`) for these classes."""
+    if options.task == "detection":
+        return DetectionTask(class_names, freeze_bn=freeze_bn)
+    if options.task == "segmentation":
+        return SegmentationTask(class_names, ignore_index=options.ignore_index, freeze_bn=freeze_bn,
+                                class_weights=options.class_weights or None)
+    return ClassificationTask(class_names, freeze_bn=freeze_bn)

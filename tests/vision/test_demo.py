@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scalpel.vision.demo import QUICK, demo_configs, run_demo, table
+from scalpel.vision.demo import QUICK, demo_runs, run_demo, table
 
 CONTRACT = {"domain": str, "task": str, "model": str, "method": str, "metric": str, "after": float, "trainable": int,
             "total": int, "train_seconds": float, "adapter_bytes": int, "run_dir": str, "examples": list}
@@ -35,15 +35,22 @@ def test_quick_demo_rows_follow_the_contract(tmp_path):
     assert rows[0]["before"] == rows[1]["before"] and rows[2]["before"] == rows[3]["before"]
     assert len(list((tmp_path / "detection" / "base").glob("*.safetensors"))) == 1
     assert (tmp_path / "results.json").is_file() and "| detection |" in (tmp_path / "report.md").read_text()
+    # a rerun into the same folder replaces the runs and reuses the cached bases
+    again = run_demo(tmp_path, quick=True, methods=("lora",))
+    assert [r["before"] for r in again] == [rows[0]["before"], rows[2]["before"]]
+    assert len(list((tmp_path / "detection" / "base").glob("*.safetensors"))) == 1
 
 
-def test_demo_configs_share_one_base_per_task(tmp_path):
-    configs = demo_configs(tmp_path, quick=True)
-    assert len(configs) == 8
-    for config in configs:
-        assert config.base_dir == str(tmp_path / config.task) and config.train_images == QUICK.images
-    segmentation = [c for c in configs if c.task == "segmentation"]
-    assert all(len(c.class_weights) == 4 for c in segmentation)
+def test_demo_runs_share_one_base_per_task(tmp_path):
+    runs = demo_runs(tmp_path, quick=True)
+    assert len(runs) == 8
+    for run in runs:
+        options, train = run.settings.options, run.settings.train
+        assert options.base_dir == str(tmp_path / run.task) and options.train_images == QUICK.images
+        assert train.output_dir == str(tmp_path / run.task / run.settings.method.method) and train.overwrite
+        assert run.pipeline.name == f"vision.{run.task}"
+    segmentation = [r.settings.options for r in runs if r.task == "segmentation"]
+    assert all(len(o.class_weights) == 4 for o in segmentation)
 
 
 def test_table_gives_time_as_a_ratio_to_full_fine_tuning():
