@@ -22,17 +22,10 @@ Guarantees:
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import io
-import json
 import os
-import secrets
 import struct
-import tempfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Lock
@@ -45,22 +38,23 @@ from scalpel.core.errors import DataError, ScalpelError
 from scalpel.medical.dicom.deid import Change, DeidOptions, Pseudonyms, _identifying_strings, deidentify_dataset
 from scalpel.medical.dicom.reading import integrity_problem, not_dicom_reason, read_dicom
 from scalpel.medical.dicom.scan import DICOMDIR_SOP_CLASS
+from scalpel.medical.dicom.deid_state import (  # noqa: F401  (ResumeError, atomic_write: part of this module's API)
+    ResumeError,
+    _mark_finished,
+    _prepare_output,
+    _state_path,
+    atomic_write,
+)
 
 AUDIT_COLUMNS = ("input", "output", "status", "tag", "keyword", "action")
 #: Version of the state file beside the audit log; another version cannot be continued.
-STATE_VERSION = 1
 #: PBKDF2 rounds of the key check in the state file: slow to guess a weak key from it.
-_KEY_CHECK_ROUNDS = 200_000
 #: What reading a damaged file can raise (struct.error: a length field that runs past the end).
 _READ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError, struct.error)
 
 
 class BurnedInAnnotationError(DataError):
     """A file says its pixels carry burned-in text (BurnedInAnnotation=YES)."""
-
-
-class ResumeError(ScalpelError):
-    """The output folder holds a run that cannot be continued with this key, these options or this input."""
 
 
 class NothingDeidentifiedError(DataError):
@@ -326,115 +320,6 @@ def _csv_bytes(rows: list[tuple[str, ...]]) -> bytes:
     text = io.StringIO()
     csv.writer(text).writerows(rows)
     return text.getvalue().encode("utf-8")
-
-
-# Continuing an interrupted run -----------------------------------------------------------
-
-
-def _state_path(log: Path) -> Path:
-    return log.with_name(f"{log.stem}.state.json")
-
-
-def _prepare_output(src: Path, dst: Path, state_path: Path, options: DeidOptions, pseudonyms: Pseudonyms) -> bool:
-    """Make ``dst`` ready; True when it holds an earlier run (interrupted, or finished) that this one continues."""
-    if not (dst.exists() and any(dst.iterdir())):
-        dst.mkdir(parents=True, exist_ok=True)
-        _write_state(state_path, src, options, pseudonyms)
-        return False
-    if not state_path.is_file():
-        raise ScalpelError(f"output {dst} already exists, is not empty and holds no run of `scalpel dicom deid` to continue "
-                           f"(no {state_path.name} beside its audit log); choose a new folder so no earlier result is mixed in")
-    _check_same_run(_read_state(state_path), src, dst, options, pseudonyms)
-    for partial in dst.rglob(".*.tmp"):  # temporary files of writes the interruption cut short
-        partial.unlink(missing_ok=True)
-    _mark_finished(state_path, False)
-    return True
-
-
-def _write_state(path: Path, src: Path, options: DeidOptions, pseudonyms: Pseudonyms) -> None:
-    salt = secrets.token_bytes(16)
-    state = {
-        "version": STATE_VERSION,
-        "input": _input_check(src),
-        "key": "random" if options.key is None else "given",
-        "key_salt": salt.hex(),
-        "key_check": _key_check(pseudonyms.key, salt),
-        "options": options.profile(),
-        "finished": False,
-    }
-    with atomic_write(path, "w") as handle:
-        json.dump(state, handle, indent=2)
-
-
-def _mark_finished(path: Path, finished: bool) -> None:
-    """Note whether every input file was handled, so a later message can say which run the output holds."""
-    state = _read_state(path)
-    state["finished"] = finished
-    with atomic_write(path, "w") as handle:
-        json.dump(state, handle, indent=2)
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ResumeError(f"{path} cannot be read ({err}); delete the output folder and its audit log to start again") from err
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise ResumeError(f"{path} was written by another version of scalpel; delete the output folder and its audit log to start again")
-    return state
-
-
-def _check_same_run(state: dict[str, Any], src: Path, dst: Path, options: DeidOptions, pseudonyms: Pseudonyms) -> None:
-    run = "a finished run" if state.get("finished") else "an unfinished run"
-    again = "give the same key file and options to continue it, or choose a new output folder"
-    if state.get("key") == "random":
-        raise ResumeError(f"output {dst} holds {run} that used a random key (no key file), so its pseudonyms cannot be "
-                          "reproduced; choose a new output folder, or delete this one and its audit log, and run with --key-file "
-                          "to be able to continue")
-    if options.key is None:
-        raise ResumeError(f"output {dst} holds {run} made with a key; {again}")
-    if not hmac.compare_digest(str(state.get("key_check")), _key_check(pseudonyms.key, bytes.fromhex(str(state.get("key_salt", ""))))):
-        raise ResumeError(f"output {dst} holds {run} made with another key; {again}")
-    before = state.get("options") or {}
-    differ = [f"{name}: {value!r} here, {before.get(name)!r} in that run"
-              for name, value in options.profile().items() if before.get(name) != value]
-    if differ:
-        raise ResumeError(f"output {dst} holds {run} made with other options ({'; '.join(differ)}); {again}")
-    if state.get("input") != _input_check(src):
-        raise ResumeError(f"output {dst} holds {run} of another input folder; give that folder to continue it, or choose a new output folder")
-
-
-def _key_check(key: bytes, salt: bytes) -> str:
-    return hashlib.pbkdf2_hmac("sha256", key, salt, _KEY_CHECK_ROUNDS).hex()
-
-
-def _input_check(src: Path) -> str:
-    return hashlib.sha256(str(src).encode()).hexdigest()  # a check, not the path: names can identify
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a hidden temporary file beside ``path``; rename it onto ``path`` only once complete.
-
-    What :func:`scalpel.core.files.atomic_write` does, without importing that module, which loads
-    torch (seconds) that `scalpel dicom` never uses. A kill leaves ``.<name>.<random>.tmp``,
-    which a continued run removes.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise ScalpelError(f"cannot write to {path.parent}: {err.strerror}; choose a writable directory") from err
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _output_name(ds: pydicom.Dataset) -> str:
