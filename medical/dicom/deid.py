@@ -16,28 +16,18 @@ the table does not name (``RTPlanDate``, ``ObservationDateTime``, ... at any dep
 treatment of the named ones - emptied, or shifted with the patient's other dates under
 ``retain_longitudinal_dates`` - unless ``keep_date_attributes`` lists it.
 
-Replacements are keyed by a secret (``key``): the same input UID always gives the same
-output UID (``2.25.<uuid>`` from a hash of key and UID), the same patient the same
-pseudonym and date shift, so studies and series stay grouped, and runs with the same key
-stay consistent with each other. Without a key a random one is used for the run. A key kept
-in a file is read with :func:`read_key_file`, which refuses a missing or empty file rather
-than falling back to a random key (the pseudonyms would then change between runs).
+Replacements are keyed by a secret (``key``; :mod:`~scalpel.medical.dicom.deid_keys`): one input
+UID, patient or date always gives the same output under one key, so studies and series stay
+grouped across runs; a missing or empty key file is refused, never replaced by a random key.
 
-The file meta group is rebuilt from the de-identified data set, so no original UID and no
-sender's name survive in it.
+The file meta is rebuilt from the de-identified data set: no original UID or sender's name survives.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
 import re
-import secrets
-import uuid
 from dataclasses import dataclass, field
-from datetime import date, timedelta
-from pathlib import Path
+from datetime import date
 
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -47,7 +37,6 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from scalpel.core.config import raise_if_problems
-from scalpel.core.errors import ScalpelError
 from scalpel.medical.dicom.annex_e import (
     BASIC_PROFILE_TAGS,
     CLEAN_DESCRIPTORS,
@@ -57,6 +46,7 @@ from scalpel.medical.dicom.annex_e import (
     repeating_group_action,
     resolve,
 )
+from scalpel.medical.dicom.deid_keys import KeyFileError, Pseudonyms, read_key_file  # noqa: F401  (part of this module's API)
 
 #: Non-zero-length dummy values for the D action, by VR.
 _DUMMY = {
@@ -70,14 +60,6 @@ _REMOVED_TEXT = "[removed]"
 #: File meta elements rebuilt by the writer (lengths, version, who wrote the file): never logged as removed.
 _META_REBUILT = ("FileMetaInformationGroupLength", "FileMetaInformationVersion", "MediaStorageSOPClassUID",
                  "TransferSyntaxUID", "ImplementationClassUID", "ImplementationVersionName")
-#: How to make a key file, for the messages about a missing or empty one.
-_MAKE_KEY = ("create one with `python -c \"import secrets; print(secrets.token_hex(32))\" > {path}` "
-             "(or add --create-key-file), keep it private and outside the output, and reuse it for every run whose "
-             "pseudonyms must match")
-
-
-class KeyFileError(ScalpelError):
-    """The file that should hold the de-identification key is missing, empty or misplaced."""
 
 
 @dataclass(frozen=True)
@@ -143,68 +125,6 @@ class Change:
     tag: str  # "(0010,0010)"
     keyword: str
     action: str  # removed, emptied, dummy, uid-replaced, pseudonymized, date-shifted, cleaned, private-removed, added
-
-
-def read_key_file(path: str | os.PathLike, *, create: bool = False) -> str:
-    """The secret held in a key file (surrounding whitespace dropped).
-
-    Args:
-        path: the key file.
-        create: when the file does not exist, write a new random key to it first (readable by
-            its owner only). An existing file is never overwritten.
-
-    Raises:
-        KeyFileError: the file is missing (and ``create`` is not set), empty or unreadable.
-    """
-    path = Path(path)
-    if create and not path.exists():
-        _write_new_key(path)
-    if not path.is_file():
-        raise KeyFileError(f"key file {path} does not exist; {_MAKE_KEY.format(path=path)}")
-    try:
-        key = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as err:
-        raise KeyFileError(f"key file {path} cannot be read ({err}); {_MAKE_KEY.format(path=path)}") from err
-    if not key:
-        raise KeyFileError(f"key file {path} is empty, so every run would use another random key and other pseudonyms; "
-                           + _MAKE_KEY.format(path=path))
-    return key
-
-
-def _write_new_key(path: Path) -> None:
-    try:  # O_EXCL: never replace a key another process has just written
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    except OSError as err:
-        raise KeyFileError(f"cannot create key file {path} ({err.strerror}); choose a writable folder") from err
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(secrets.token_hex(32) + "\n")
-
-
-class Pseudonyms:
-    """Deterministic replacements under one secret key (HMAC-SHA256)."""
-
-    def __init__(self, key: str | None, max_shift_days: int = 365):
-        self.key = (key or secrets.token_hex(32)).encode()
-        self.max_shift_days = max_shift_days
-        self._uids: dict[str, str] = {}
-
-    def _digest(self, kind: str, value: str) -> bytes:
-        return hmac.new(self.key, f"{kind}\0{value}".encode(), hashlib.sha256).digest()
-
-    def uid(self, uid: str) -> str:
-        if uid not in self._uids:  # 2.25.<UUID as an integer> (PS3.5 B.2), a function of key and input UID
-            name_based = uuid.UUID(bytes=self._digest("uid", uid)[:16], version=5)
-            self._uids[uid] = f"2.25.{name_based.int}"
-        return self._uids[uid]
-
-    def patient(self, patient_id: str) -> str:
-        return "ANON-" + self._digest("patient", patient_id).hex()[:12].upper()
-
-    def date_shift(self, patient_id: str) -> timedelta:
-        """Move dates back by 1..max days, the same for every file of the patient."""
-        return -timedelta(days=1 + int.from_bytes(self._digest("shift", patient_id)[:8], "big") % self.max_shift_days)
 
 
 def deidentify_dataset(ds: Dataset, options: DeidOptions, pseudonyms: Pseudonyms) -> list[Change]:
