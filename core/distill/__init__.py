@@ -1,4 +1,4 @@
-"""Knowledge distillation: a loss, not a trainer (DESIGN.md, "Distillation").
+"""Knowledge distillation: a loss, not a trainer (docs/architecture.md).
 
     from scalpel.core.distill import DistillationTask, build_student
     student = build_student(teacher, every=2)                  # or any model, adapted by any method
