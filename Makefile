@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 ASSETS := $(VENV)/share/scalpel
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-quick test test-browser app bench install assets docs-check clean
+.PHONY: demo demo-quick test test-browser app bench install assets servers docs-check clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -26,7 +26,21 @@ $(VENV)/.assets: $(VENV)/.installed
 	$(PIP) download -q --no-binary :all: --no-deps -d $(ASSETS) vaderSentiment==3.3.2
 	touch $@
 
-test: install assets
+# The real servers some tests talk to: headless Chromium and its driver (tests/apps/test_browser.py)
+# and Orthanc with its DICOMweb plugin (the PACS tests). Installed only where this runs as root
+# with apt (CI); elsewhere those tests skip and name this command.
+SERVER_PACKAGES := chromium chromium-driver orthanc orthanc-dicomweb
+servers:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=$$(for p in $(SERVER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing $$missing"; \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	    service orthanc stop >/dev/null 2>&1 || true; \
+	  fi; \
+	else echo "servers: not root with apt; the browser and PACS tests will skip (run 'sudo make servers')"; fi
+
+test: install assets servers
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install assets
@@ -39,9 +53,7 @@ app: install
 	$(VENV)/bin/scalpel app
 
 # End-to-end browser test of the apps with headless Chromium (Debian packages; needs root or sudo).
-test-browser: install
-	command -v chromium >/dev/null && test -x /usr/bin/chromedriver || \
-	  { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
+test-browser: install servers
 	SCALPEL_SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest tests/apps/test_browser.py -m browser $(PYTEST_ARGS)
 
 bench: install assets

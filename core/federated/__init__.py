@@ -1,0 +1,1 @@
+"""Federated PEFT: sites train adapters locally and share only adapter updates."""
