@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from scalpel.core.errors import DataError
 from scalpel.medical.dicom import load_series, scan_folder
 from scalpel.medical.dicom.pixels import modality_values
-from scalpel.medical.dicom.scan import slice_normal
+from scalpel.medical.dicom.grouping import slice_normal
 from scalpel.medical.dicom.volume import LPS_TO_RAS, slices_affine
 
 

@@ -41,7 +41,8 @@ from scalpel.medical.dicom.pixels import (
     resolve_window,
 )
 from scalpel.medical.dicom.reading import read_dicom
-from scalpel.medical.dicom.scan import ImageFile, Series, parallel_map, scan_folder, slice_normal
+from scalpel.medical.dicom.grouping import ImageFile, Series, slice_normal
+from scalpel.medical.dicom.scan import parallel_map, scan_folder
 
 #: LPS -> RAS: negate x and y.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
