@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    dicom = commands.add_parser("dicom", help="inspect and de-identify DICOM folders")
+    dicom = commands.add_parser("dicom", help="inspect and de-identify DICOM folders, pull from and push to a PACS")
     sub = dicom.add_subparsers(dest="dicom_command", metavar="ACTION", required=True)
     inspect = sub.add_parser("inspect", help="list patients, studies, series and problems found",
                              description="Reads every file under PATH; truncated or damaged files (pixel data cut short, "
@@ -49,6 +49,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     deid.add_argument("--workers", type=int, default=None, help="files de-identified at once (default: up to 8)")
     deid.add_argument("--strict", action="store_true", help="stop at the first bad or refused file")
     deid.set_defaults(handler=_deid)
+
+    from scalpel.medical.pacs.cli import register as register_pacs  # argparse only, like this module
+
+    register_pacs(sub)
 
 
 def _inspect(args: argparse.Namespace) -> int:

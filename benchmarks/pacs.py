@@ -1,0 +1,186 @@
+"""Pulling a CT series from a PACS: scalpel's resumable DICOMweb pull vs reading the same files
+from local disk, and vs dicomweb-client's whole-series ``retrieve_series``, side by side in one run.
+
+A real Orthanc (with its DICOMweb plugin, started on loopback ports with authentication, as the
+tests do) holds a synthetic CT series: 500 slices of a small matrix (128x128, 16-bit; real CT
+slices are 512x512, so per-instance overheads weigh more here than in practice). Measured:
+
+- throughput: local read time (pydicom reads every file, pixel data included) / pull time;
+- de-identification on the fly: pull with ``--deid`` time / pull time - 1;
+- peak memory (Python allocations, tracemalloc) of the pull vs reading one batch of instances
+  from disk (as many instances as the pull runs workers, held at once); the same for
+  ``retrieve_series``, which holds the whole series.
+
+Runs are interleaved and the median taken. Needs Orthanc (``sudo make servers``).
+
+    python benchmarks/pacs.py            # ~2-4 min on a busy 2-core CPU
+    python benchmarks/pacs.py --quick    # 100 slices, < 1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import pydicom
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "medical"))  # the Orthanc starter and series writer the tests use
+from dicom_factory import write_series  # noqa: E402
+from orthanc import DICOMWEB_PLUGIN, ORTHANC, PASSWORD, USER, start_orthanc, stop_orthanc  # noqa: E402
+
+WORKERS = 4
+
+
+def read_local(paths: list[Path]) -> int:
+    total = 0
+    for path in paths:
+        total += len(pydicom.dcmread(path).PixelData)
+    return total
+
+
+def read_one_batch(paths: list[Path]) -> int:
+    held = [pydicom.dcmread(p) for p in paths[:WORKERS]]  # a batch held at once, pixel data included
+    return sum(len(ds.PixelData) for ds in held)
+
+
+def scalpel_pull(url: str, out: Path, deid: bool) -> None:
+    from scalpel.medical.dicom.deid import DeidOptions
+    from scalpel.medical.pacs.connection import PacsAuth, PacsConnection
+    from scalpel.medical.pacs.dicomweb import DicomWebPacs
+    from scalpel.medical.pacs.pull import pull
+    from scalpel.medical.pacs.query import PacsQuery
+
+    pacs = DicomWebPacs(PacsConnection(url, auth=PacsAuth(username=USER, password=PASSWORD)))
+    options = DeidOptions(key="benchmark-key-not-secret") if deid else None
+    report = pull(pacs, PacsQuery(patient_id="BENCH-PACS"), out, deid=options, workers=WORKERS)
+    assert report.complete
+
+
+def pull_then_deid(url: str, out: Path) -> None:
+    """The two-step way: pull as stored, then `scalpel dicom deid` the folder (identifying data touches the disk)."""
+    from scalpel.medical.dicom.deid import DeidOptions
+    from scalpel.medical.dicom.deid_folder import deidentify_folder
+
+    scalpel_pull(url, out / "raw", False)
+    deidentify_folder(out / "raw", out / "deid", DeidOptions(key="benchmark-key-not-secret"), audit_log=out / "audit.csv")
+
+
+def client_retrieve_series(url: str, study: str, series: str, out: Path) -> None:
+    import requests
+    from dicomweb_client import DICOMwebClient
+
+    session = requests.Session()
+    session.auth = (USER, PASSWORD)
+    client = DICOMwebClient(url, session=session)
+    datasets = client.retrieve_series(study, series, media_types=(("application/dicom", "*"),))
+    out.mkdir(parents=True)
+    for ds in datasets:  # written to disk too, so both do the same work
+        ds.save_as(out / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def peak_bytes(fn, *args) -> int:
+    tracemalloc.start()
+    try:
+        fn(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100 slices, one repetition")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "pacs.md")
+    args = parser.parse_args()
+    if not ORTHANC.is_file() or not DICOMWEB_PLUGIN.exists():
+        sys.exit("Orthanc with its DICOMweb plugin is not installed: run 'sudo make servers'")
+    slices, size, reps = (100, 128, 1) if args.quick else (500, 128, 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "orthanc").mkdir()
+        server = start_orthanc(tmp / "orthanc")
+        try:
+            series = write_series(tmp / "src", n=slices, rows=size, cols=size, patient_id="BENCH-PACS", shuffle=False)
+            server.upload(series.paths)
+            study, series_uid = series.datasets[0].StudyInstanceUID, series.datasets[0].SeriesInstanceUID
+            url = server.dicomweb
+            times: dict[str, list[float]] = {"disk": [], "pull": [], "deid": [], "two_step": [], "client": [], "rerun": []}
+            for rep in range(reps):
+                for name, fn in (("disk", lambda: read_local(series.paths)),
+                                 ("pull", lambda: scalpel_pull(url, tmp / f"pull{rep}", False)),
+                                 ("deid", lambda: scalpel_pull(url, tmp / f"deid{rep}", True)),
+                                 ("two_step", lambda: pull_then_deid(url, tmp / f"two{rep}")),
+                                 ("client", lambda: client_retrieve_series(url, study, series_uid, tmp / f"client{rep}")),
+                                 ("rerun", lambda: scalpel_pull(url, tmp / f"pull{rep}", False))):
+                    times[name].append(timed(fn))
+                    print(f"rep {rep} {name}: {times[name][-1]:.2f} s", file=sys.stderr)
+                for folder in ("pull", "deid", "two", "client"):
+                    shutil.rmtree(tmp / f"{folder}{rep}")
+            memory = {"batch": peak_bytes(read_one_batch, series.paths),
+                      "pull": peak_bytes(scalpel_pull, url, tmp / "pull-mem", False),
+                      "deid": peak_bytes(scalpel_pull, url, tmp / "deid-mem", True),
+                      "client": peak_bytes(client_retrieve_series, url, study, series_uid, tmp / "client-mem")}
+        finally:
+            stop_orthanc(server)
+    t = {k: statistics.median(v) for k, v in times.items()}
+    mib = 1 << 20
+    series_mib = slices * size * size * 2 / mib
+    lines = [
+        "# Pulling a series from a PACS (DICOMweb, local Orthanc)",
+        "",
+        f"`python benchmarks/pacs.py{' --quick' if args.quick else ''}`; Orthanc 1.10 + DICOMweb 1.7 on loopback with "
+        f"authentication; synthetic CT, {slices} slices of {size}x{size} 16-bit (small matrix: per-instance overheads "
+        f"weigh more than with 512x512 slices; {series_mib:.0f} MiB of pixels); {WORKERS} workers; median of {reps} "
+        "interleaved run(s), one process, shared 2-core CPU (Orthanc runs on the same cores). Peak memory is Python "
+        "allocations (tracemalloc) in a separate, untimed run.",
+        "",
+        "| what | time (s) | instances/s | vs local disk read | peak memory (MiB) | vs one batch of instances |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = (("local disk read (pydicom, pixel data included)", "disk", None),
+            ("one batch of instances read from disk (reference for memory)", None, "batch"),
+            ("`scalpel dicom pull` (WADO-RS, streamed to disk, resumable)", "pull", "pull"),
+            ("`scalpel dicom pull --deid` (PS3.15 on the fly)", "deid", "deid"),
+            ("`scalpel dicom pull`, then `scalpel dicom deid` of the folder", "two_step", None),
+            ("dicomweb-client `retrieve_series` + write (whole series in memory)", "client", "client"),
+            ("`scalpel dicom pull` again, all on disk (list + count checks only)", "rerun", None))
+    for label, tkey, mkey in rows:
+        time_cells = (f"{t[tkey]:.2f} | {slices / t[tkey]:.0f} | **{t['disk'] / t[tkey]:.2f}x**" if tkey else "- | - | -")
+        mem_cells = (f"{memory[mkey] / mib:.1f} | **{memory[mkey] / memory['batch']:.2f}x**" if mkey else "- | -")
+        lines.append(f"| {label} | {time_cells} | {mem_cells} |")
+    lines += [
+        "",
+        f"De-identification on the fly adds **{(t['deid'] / t['pull'] - 1) * 100:.0f}%** to the pull time; it takes "
+        f"**{t['deid'] / t['two_step']:.2f}x** the time of pulling first and de-identifying the folder afterwards (which "
+        "also leaves identifying files on disk). The profile itself (the code of `scalpel dicom deid`, unchanged) costs "
+        "tens of milliseconds of Python per instance on this machine, more than Orthanc takes to serve one. "
+        "Goals: throughput >= 0.7x the local read, peak memory <= 1.2x one batch, de-identification <= 10%. "
+        "'vs local disk read' is local time / this time (higher is faster). The local read comes from the page cache, "
+        "as do Orthanc's own reads, so both sides are CPU-bound here. The last row is the fixed cost of a pull: "
+        "listing the series' instances (QIDO-RS), which Orthanc answers by reading every stored file.",
+        "",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    sys.path.insert(0, str(ROOT))
+    from scalpel.core.files import atomic_write
+
+    with atomic_write(args.out, "w") as f:
+        f.write(table)
+
+
+if __name__ == "__main__":
+    main()
