@@ -157,15 +157,17 @@ def run_adaptation(kit_builder: Callable[[Path], Kit], method: MethodOptions, tr
     task = _with_teacher(kit, method)
     param_groups, hooks = _groups_and_hooks(model, task, method, configs, kit, train)
     total_steps = planned_steps(kit.train_data, train)
+    # the pipeline's registered builder rebuilds the base from the adapter alone (scalpel adapter merge)
+    metadata = {**kit.adapter_metadata, "base_model": {"builder": kit.pipeline, **kit.adapter_metadata.get("base_model", {})}}
     fit_config = dataclasses.replace(  # the progress bar's title says which run it is, e.g. "nlp.sentiment/lora"
         train.fit_config(str(run_dir), metric=kit.metric, greater_is_better=kit.greater_is_better, total_steps=total_steps),
         resume=resuming, run_name=f"{kit.pipeline}/{run_dir.name}")
     fitted = fit(model, task, kit.train_data, kit.eval_data, fit_config, param_groups=param_groups, hooks=hooks,
-                 run_config=run_config, adapter_metadata=kit.adapter_metadata)
+                 run_config=run_config, adapter_metadata=metadata)
 
     model.eval()
     after = evaluate(model) if kit.evaluate else dict(fitted.metrics)  # fit's metrics are of the weights it returned
-    adapter_dir = save_adapter(model, run_dir / "adapter", metrics=after, **kit.adapter_metadata)
+    adapter_dir = save_adapter(model, run_dir / "adapter", metrics=after, **metadata)
     result = RunResult(
         pipeline=kit.pipeline, run_dir=str(run_dir), adapter_dir=str(adapter_dir), model=kit.model_id or type(model).__name__,
         method=method.method, metric=kit.metric, greater_is_better=kit.greater_is_better, before=dict(before),
@@ -180,7 +182,9 @@ def run_adaptation(kit_builder: Callable[[Path], Kit], method: MethodOptions, tr
 
 
 def claim_run_dir(run_dir: Path, train: TrainOptions) -> bool:
-    """Apply the run directory contract; True when an interrupted run is to be resumed.
+    """Apply the run directory contract; True when an interrupted run is to be resumed from its
+    own step checkpoints (False also when ``resume`` continues a run whose parts, such as the
+    folds of a K-fold run, live in subfolders and resume each on its own).
 
     Raises:
         ScalpelError: the folder holds an earlier run (and neither ``overwrite`` nor
@@ -193,6 +197,8 @@ def claim_run_dir(run_dir: Path, train: TrainOptions) -> bool:
     if train.resume:
         if list_checkpoints(run_dir / "checkpoints"):
             return True
+        if is_run and RESULT_FILE not in entries and _has_parts(run_dir, entries):
+            return False  # runs in parts (folds): finished parts are read back, the interrupted one resumes
         state = "finished" if (run_dir / RESULT_FILE).is_file() else "holds no step checkpoint" if is_run else "is not a run"
         raise ScalpelError(f"cannot resume {run_dir}: it {state}; leave out --resume to start a run "
                            f"(with --overwrite to replace what is there)")
@@ -206,6 +212,12 @@ def claim_run_dir(run_dir: Path, train: TrainOptions) -> bool:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return False
+
+
+def _has_parts(run_dir: Path, entries: list[str]) -> bool:
+    """Whether a subfolder of ``run_dir`` holds a run of its own (a fold of a K-fold run)."""
+    return any((run_dir / name).is_dir() and any((run_dir / name / marker).exists() for marker in RUN_MARKERS)
+               for name in entries if name not in RUN_MARKERS)
 
 
 def planned_steps(train_data: Iterable[Any], train: TrainOptions) -> int:

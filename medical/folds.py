@@ -19,6 +19,7 @@ from torch import nn
 
 from scalpel.core.options import MethodOptions, TrainOptions
 from scalpel.core.run import RESULT_FILE, Kit, RunResult, run_adaptation
+from scalpel.core.run_files import RunDirectory
 from scalpel.medical.site import T, kfold_cases
 
 
@@ -36,6 +37,8 @@ def run_folds(kit_for: Callable[[list[T], list[T], int], Callable[[Path], Kit]],
     Raises:
         DataError: fewer cases than folds.
     """
+    if not (run_dir / "config.yaml").is_file():  # marks the folder as a run from the first fold on (--resume finds it)
+        RunDirectory(run_dir).write_config({}, run_config)
     summaries = []
     for k, (train_cases, held_out) in enumerate(kfold_cases(cases, folds, train.seed)):
         fold_dir = run_dir / f"fold{k}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from scalpel.core.errors import ConfigError, DataError
@@ -57,8 +58,7 @@ def segmentation_data(options: SegmentationOptions, spec: BaseSpec, train_record
     """Cached volumes on the base's grid: augmented training patches, whole held-out volumes (Dice, HD95 in mm)."""
     pre = spec.preprocess(samples_per_volume=options.samples_per_volume, augment=options.augment)
     transform = segmentation_transforms(pre, train=True)
-    transform.set_random_state(seed=train.seed)
-    train_set = cached_dataset(train_records, transform, cache=options.cache)
+    train_set = EpochSeeded(cached_dataset(train_records, transform, cache=options.cache), transform, train.seed)
     evaluation = cached_dataset(held_out, segmentation_transforms(pre, train=False), cache=options.cache) if held_out else None
     facts = spec.to_dict()
     del facts["network"]
@@ -109,9 +109,9 @@ def classification_data(options: ClassificationOptions, facts: dict[str, Any], t
         return presence_samples(((v["case"], v["image"], v["label"]) for v in volumes), facts["structure"], spatial_dims=dims, size=size)
 
     augmentation = intensity_augmentation(pre, dims)
-    augmentation.set_random_state(seed=train.seed)
+    train_set = EpochSeeded(ClassificationSamples(samples(train_records), augmentation), augmentation, train.seed)
     evaluation = ClassificationSamples(samples(held_out)) if held_out else None
-    return TaskData(ClassificationTask(names), loader(ClassificationSamples(samples(train_records), augmentation), train, shuffle=True),
+    return TaskData(ClassificationTask(names), loader(train_set, train, shuffle=True),
                     loader(evaluation, train), "auc", facts)
 
 
@@ -125,3 +125,27 @@ def loader(dataset: Any, train: TrainOptions, *, shuffle: bool = False, batch_si
     # a last training batch of one sample breaks BatchNorm in training mode: drop the remainder
     return torch.utils.data.DataLoader(dataset, batch_size=size, shuffle=shuffle, collate_fn=list_data_collate,
                                        generator=torch.Generator().manual_seed(train.seed), drop_last=shuffle and len(dataset) > size)
+
+
+class EpochSeeded(torch.utils.data.Dataset):
+    """``dataset`` whose random transforms draw from a seed of (seed, epoch, index), not from a stream.
+
+    Sample ``i`` of epoch ``e`` is then the same patch with the same augmentation however the
+    epoch was reached: a resumed run skips the batches it already trained on without loading them
+    (so a stream would be behind), yet sees exactly what the uninterrupted run saw.
+    ``fit`` calls :meth:`set_epoch` (through Accelerate's data loader) before each epoch.
+    """
+
+    def __init__(self, dataset: Any, transform: Any, seed: int):
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        state = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0]
+        self.transform.set_random_state(seed=int(state))
+        return self.dataset[index]
