@@ -3,8 +3,12 @@ Hugging Face PEFT layout) + ``scalpel.json`` (what PEFT has no field for).
 
 ``scalpel.json`` records the methods and their configs, the base-model fingerprint (a
 hash of parameter names and shapes, with the list itself so a mismatch can be named),
-the data fingerprint, metrics, free-form extras (label maps, site metadata) and the
-library version. Nothing here is pickled; every write is atomic.
+the SHA-256 of the weights file, the data fingerprint, metrics, free-form extras (label
+maps, site metadata) and the library version. Nothing here is pickled.
+
+A save writes the whole folder beside the target and swaps it in, so the folder is always
+the old adapter or the new one, never a mix; the recorded SHA-256 lets a load refuse weights
+that are not the ones ``scalpel.json`` describes (a file replaced by hand or by another program).
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from scalpel.core.config import config_from_dict, config_to_dict
@@ -29,18 +36,46 @@ from scalpel.core.delta import (
     state_of,
 )
 from scalpel.core.errors import AdapterError, BaseModelMismatchError, ScalpelError
-from scalpel.core.files import read_json, read_safetensors, write_json, write_safetensors
+from scalpel.core.files import (
+    atomic_folder,
+    link_or_copy,
+    read_bytes,
+    read_json,
+    recover_folder,
+    sha256_digest,
+    tensors_from_bytes,
+    write_json,
+    write_safetensors,
+)
 from scalpel.core.methods import METHODS, _import_builtin_methods, method_for
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 SCALPEL_FILE = "scalpel.json"
-FORMAT_VERSION = 1
+#: The pickle weights file PEFT wrote before safetensors (Scalpel never reads it).
+PICKLE_WEIGHTS_FILE = "adapter_model.bin"
+#: 2: ``weights_sha256`` is recorded (and required); 1: written before it was.
+FORMAT_VERSION = 2
+#: Key in ``scalpel.json`` of the weights file's ``"sha256:<hex>"``.
+WEIGHTS_DIGEST = "weights_sha256"
 #: Key prefix of the normalisation layers' running statistics in the weights file.
 STATS_PREFIX = "scalpel.stats."
 
-#: Readers of adapters written by other libraries: ``(adapter_config dict) -> method config or None``.
+#: Readers of adapters written by other libraries: ``(model, adapter_config, path, name) -> model or None``.
 FOREIGN_READERS: list[Any] = []
+#: Checks of the weights against ``adapter_config.json``: ``(adapter_config, tensors) -> problems``
+#: (e.g. a LoRA rank in the config that the tensors do not have). Methods append theirs.
+FOLDER_CHECKS: list[Callable[[dict[str, Any], dict[str, torch.Tensor]], list[str]]] = []
+
+
+class InconsistentAdapterError(AdapterError):
+    """An adapter folder's files are damaged or do not belong together; lists every problem."""
+
+    def __init__(self, path: Path, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        count = len(self.problems)
+        super().__init__(f"adapter folder {path} is inconsistent or unreadable ({count} problem(s)):\n{lines}")
 
 
 def save_adapter(
@@ -118,10 +153,13 @@ def save_adapter(
         "metrics": metrics or {},
         "extra": extra or {},
     }
-    path.mkdir(parents=True, exist_ok=True)
-    write_safetensors(path / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
-    write_json(path / CONFIG_FILE, adapter_config)
-    write_json(path / SCALPEL_FILE, meta)  # written last: its presence marks a complete adapter
+    # The folder is written whole beside `path` and swapped in: a process killed at any point
+    # leaves the previous adapter or this one, never new weights under an old scalpel.json.
+    with atomic_folder(path) as stage:
+        _carry_over(path, stage)
+        meta[WEIGHTS_DIGEST] = write_safetensors(stage / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
+        write_json(stage / CONFIG_FILE, adapter_config)
+        write_json(stage / SCALPEL_FILE, meta)
     return path
 
 
@@ -137,21 +175,24 @@ def load_adapter(
 
     Raises:
         AdapterError: the directory or a file in it is missing or damaged.
+        InconsistentAdapterError: its files do not belong together (the weights are not the
+            ones ``scalpel.json`` records, ``adapter_config.json`` is not JSON or disagrees with them).
         BaseModelMismatchError: ``model`` is not the base the adapter was trained on.
     """
     path = Path(path)
+    _recover(path)
     if not path.is_dir():
         raise AdapterError(f"adapter directory {path} does not exist; pass the folder holding {CONFIG_FILE}")
-    if not (path / SCALPEL_FILE).is_file():
+    folder = read_adapter_folder(path)
+    if folder.meta is None:
         return _load_foreign(model, path, adapter_name or "default")
-    meta = read_json(path / SCALPEL_FILE)
+    meta, tensors = folder.meta, folder.tensors
     name = adapter_name or meta.get("adapter_name", "default")
     state = state_of(model)
     if name in state.adapters:
         raise ScalpelError(f"the model already has an adapter named {name!r}; pass another adapter_name")
     if check_base:
         check_base_matches(state.base_parameters, meta.get("base_model", {}), path)
-    tensors = read_safetensors(path / WEIGHTS_FILE)
     _import_builtin_methods()
     record = AdapterRecord()
     state.adapters[name] = record  # before method.load, so methods may add to train_full
@@ -201,12 +242,21 @@ def check_base_matches(current: list[tuple[str, tuple[int, ...]]], recorded: dic
 
 
 def adapter_info(path: str | os.PathLike) -> dict[str, Any]:
-    """What ``scalpel adapter info`` shows: method, targets, size, fingerprint, metrics."""
+    """What ``scalpel adapter info`` shows: method, targets, size, fingerprint, metrics.
+
+    Raises:
+        AdapterError: ``path`` is not an adapter folder.
+        InconsistentAdapterError: its files are damaged or disagree (the same checks as a load).
+    """
     path = Path(path)
-    if not (path / SCALPEL_FILE).is_file():
-        config = read_json(path / CONFIG_FILE)
+    _recover(path)
+    if not path.is_dir():
+        raise AdapterError(f"adapter directory {path} does not exist; pass the folder holding {CONFIG_FILE}")
+    folder = read_adapter_folder(path)
+    if folder.meta is None:
+        config = folder.config
         return {"path": str(path), "written_by": "peft", "peft_type": config.get("peft_type"), "config": config}
-    meta = read_json(path / SCALPEL_FILE)
+    meta, tensors = folder.meta, folder.tensors
     size = adapter_bytes(path)
     info = {
         "path": str(path),
@@ -222,14 +272,125 @@ def adapter_info(path: str | os.PathLike) -> dict[str, Any]:
         "created": meta.get("created"),
     }
     _import_builtin_methods()
-    tensors = None
     for entry in meta["methods"]:
         method = METHODS.get(entry["method"])
         if method.describe:
-            tensors = tensors if tensors is not None else read_safetensors(path / WEIGHTS_FILE)
             config = config_from_dict(method.config_cls, entry["config"])
             entry.setdefault("details", method.describe(config, tensors))
     return info
+
+
+@dataclass(frozen=True)
+class AdapterFolder:
+    """The checked contents of an adapter folder.
+
+    Attributes:
+        meta: ``scalpel.json``; None for a folder another library (PEFT) wrote.
+        config: ``adapter_config.json``.
+        tensors: the weights (``adapter_model.safetensors``).
+    """
+
+    meta: dict[str, Any] | None
+    config: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+
+def read_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
+    """Read an adapter folder and check its files against each other, reporting every problem.
+
+    Checked: ``scalpel.json`` and ``adapter_config.json`` are JSON objects; the weights file
+    exists, is safetensors (not a pickle) and, for a Scalpel adapter, has the SHA-256 that
+    ``scalpel.json`` records; and every :data:`FOLDER_CHECKS` entry (LoRA ranks) agrees.
+
+    Raises:
+        AdapterError: ``path`` holds neither ``scalpel.json`` nor ``adapter_config.json``.
+        InconsistentAdapterError: anything else above.
+    """
+    path = Path(path)
+    if not (path / SCALPEL_FILE).is_file() and not (path / CONFIG_FILE).is_file():
+        raise AdapterError(f"{path} holds neither {SCALPEL_FILE} nor {CONFIG_FILE}; it is not an adapter directory")
+    problems: list[str] = []
+    meta = _json_object(path / SCALPEL_FILE, problems) if (path / SCALPEL_FILE).is_file() else None
+    config = _json_object(path / CONFIG_FILE, problems)
+    tensors = _weights(path, meta, problems)
+    if config is not None and tensors is not None:
+        _import_builtin_methods()  # the methods add their FOLDER_CHECKS
+        for check in FOLDER_CHECKS:
+            problems += check(config, tensors)
+    if problems:
+        raise InconsistentAdapterError(path, problems)
+    return AdapterFolder(meta, config or {}, tensors or {})
+
+
+def _json_object(file: Path, problems: list[str]) -> dict[str, Any] | None:
+    if not file.is_file():
+        problems.append(f"{file.name} is missing; the folder is incomplete: save the adapter again")
+        return None
+    try:
+        data = read_json(file)
+    except AdapterError as err:
+        problems.append(f"{file.name} is not valid JSON ({err.__cause__}); it is damaged: save the adapter again")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{file.name} holds a {type(data).__name__}, not a JSON object; it is damaged: "
+                        "save the adapter again")
+        return None
+    return data
+
+
+def _weights(path: Path, meta: dict[str, Any] | None, problems: list[str]) -> dict[str, torch.Tensor] | None:
+    """The weights, read once and checked against the digest in ``scalpel.json``."""
+    file = path / WEIGHTS_FILE
+    if not file.is_file():
+        if (path / PICKLE_WEIGHTS_FILE).is_file():
+            problems.append(
+                f"the weights are only in {PICKLE_WEIGHTS_FILE}, a pickle, which Scalpel never unpickles, "
+                f"so they cannot be read; convert them to {WEIGHTS_FILE} where you trust the file: "
+                "open the adapter with PEFT and re-save it with `save_pretrained(DIR, safe_serialization=True)`"
+            )
+        else:
+            problems.append(f"{WEIGHTS_FILE} is missing; the folder is incomplete: save the adapter again")
+        return None
+    if meta is None:  # a foreign folder: its reader reads the weights
+        return _tensors(read_bytes(file), file, problems)
+    blob = read_bytes(file)
+    recorded = meta.get(WEIGHTS_DIGEST)
+    if recorded is None and meta.get("format_version", 1) >= 2:
+        problems.append(f"{SCALPEL_FILE} records no {WEIGHTS_DIGEST}; it is damaged: save the adapter again")
+    elif recorded is not None and sha256_digest(blob) != recorded:
+        problems.append(
+            f"{WEIGHTS_FILE} is not the file {SCALPEL_FILE} describes (its SHA-256 is {sha256_digest(blob)[:19]}..., "
+            f"{SCALPEL_FILE} records {str(recorded)[:19]}...): the adapter folder is inconsistent, its weights were "
+            "changed, truncated or replaced after the save; save the adapter again or re-run the training that wrote it"
+        )
+        return None
+    return _tensors(blob, file, problems)
+
+
+def _tensors(blob: bytes, file: Path, problems: list[str]) -> dict[str, torch.Tensor] | None:
+    try:
+        return tensors_from_bytes(blob, file)
+    except AdapterError as err:
+        problems.append(f"{WEIGHTS_FILE} is not a readable safetensors file ({err.__cause__}); it may be truncated: "
+                        "save the adapter again")
+        return None
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Files beside the adapter's own (a tokenizer saved with it, notes) move into the new folder."""
+    if not old.is_dir():
+        return
+    for entry in old.iterdir():
+        if entry.name not in (WEIGHTS_FILE, CONFIG_FILE, SCALPEL_FILE):
+            link_or_copy(entry, new / entry.name)
+
+
+def _recover(path: Path) -> None:
+    """Put back the previous adapter if a save was killed mid-swap (best effort: the folder may be read-only)."""
+    try:
+        recover_folder(path)
+    except OSError:
+        pass
 
 
 def adapter_bytes(path: str | os.PathLike) -> int:
@@ -268,8 +429,6 @@ def _load_full_tensors(model: nn.Module, tensors: dict, names: set[str], path: P
 
 def _load_foreign(model: nn.Module, path: Path, adapter_name: str) -> nn.Module:
     """Adapters without ``scalpel.json``: ask each registered reader (e.g. PEFT's LoRA)."""
-    if not (path / CONFIG_FILE).is_file():
-        raise AdapterError(f"{path} holds neither {SCALPEL_FILE} nor {CONFIG_FILE}; it is not an adapter directory")
     config = read_json(path / CONFIG_FILE)
     _import_builtin_methods()
     for reader in FOREIGN_READERS:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from scalpel.core.errors import AdapterError, CheckpointError
-from scalpel.core.files import read_json, read_safetensors, write_json, write_safetensors
+from scalpel.core.files import failpoint, read_json, read_safetensors, write_json, write_safetensors
 
 TRAINABLE_FILE = "trainable.safetensors"
 TENSORS_FILE = "state.safetensors"
@@ -124,6 +124,7 @@ def save_checkpoint(root: Path, step: int, trainable: dict[str, torch.Tensor], s
     tmp.mkdir(parents=True)
     structure, tensors = flatten(state)
     write_safetensors(tmp / TRAINABLE_FILE, trainable)
+    failpoint("checkpoint")  # half a checkpoint on disk
     write_safetensors(tmp / TENSORS_FILE, tensors)
     write_json(tmp / STATE_FILE, structure)
     if final.exists():  # the same step saved again (e.g. a final save right after a periodic one)

@@ -19,14 +19,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from scalpel.core.config import config_to_dict, type_problems
 from scalpel.core.errors import ConfigError, UnknownNameError
 from scalpel.core.options import MethodOptions, TrainOptions
-from scalpel.core.run import Kit, RunResult, run_adaptation
+
+if TYPE_CHECKING:  # the run (torch) is imported when a pipeline runs, not to list or parse
+    from scalpel.core.run import Kit, RunResult
 
 PIPELINE_GROUP = "scalpel.pipelines"
 COMMAND_GROUP = "scalpel.cli"
@@ -57,6 +59,8 @@ class Pipeline:
         train: this pipeline's defaults of the training options.
         quick: settings ``--quick`` stands for (any of the three sets), where not given explicitly.
         predict: ``(adapter_dir, inputs, options) -> one result dict per input``.
+        compare: ``(adapter_dirs, inputs, options) -> predict's rows per adapter``, several
+            adapters on the same inputs (e.g. in one mixed-adapter pass); None: ``predict`` per adapter.
         summary: one line for ``scalpel run --help``.
     """
 
@@ -67,6 +71,7 @@ class Pipeline:
     train: TrainOptions = field(default_factory=TrainOptions)
     quick: Mapping[str, Any] = field(default_factory=dict)
     predict: Callable[[Path, Sequence[str], dict[str, Any]], list[dict[str, Any]]] | None = None
+    compare: Callable[[Sequence[Path], Sequence[str], dict[str, Any]], list[list[dict[str, Any]]]] | None = None
     summary: str = ""
 
     def __post_init__(self) -> None:
@@ -105,6 +110,8 @@ class Pipeline:
     def run(self, settings: Settings | None = None, **values: Any) -> RunResult:
         """Run this pipeline: ``PIPELINE.run(quick=True, method="sparse", output_dir="runs/x")``."""
         settings = settings or self.settings(values)
+        from scalpel.core.run import run_adaptation
+
         return run_adaptation(lambda run_dir: self.build_kit(settings.options, settings.method, settings.train, run_dir),
                               settings.method, settings.train, run_config=settings.flat(),
                               default_dir=f"runs/{self.name.replace('.', '-')}")
@@ -132,9 +139,16 @@ def available_pipelines() -> dict[str, Any]:
 
 
 def get_pipeline(name: str) -> Pipeline:
+    """The installed pipeline ``name``; an unknown name is refused with the closest installed one.
+
+    Raises:
+        UnknownNameError: no pipeline of that name (a typo is answered with "did you mean ...?").
+    """
     found = available_pipelines()
     if name not in found:
-        raise UnknownNameError(f"unknown pipeline {name!r}; installed: {', '.join(sorted(found)) or 'none'}")
+        close = difflib.get_close_matches(name, found, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownNameError(f"unknown pipeline {name!r}{hint} (installed: {', '.join(sorted(found)) or 'none'})")
     return found[name].load()
 
 

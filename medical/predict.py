@@ -203,15 +203,26 @@ def load_adapted(adapter_dir: str | os.PathLike) -> tuple[nn.Module, dict[str, A
     """
     if not Path(adapter_dir).is_dir():
         raise AdapterError(f"adapter directory {adapter_dir} does not exist; pass the run's adapter folder (runs/<name>/adapter)")
-    extra = read_adapter_meta(adapter_dir).get("extra", {})
+    meta = read_adapter_meta(adapter_dir)
+    return load_adapter(base_for_adapter(meta, Path(adapter_dir)), adapter_dir).eval(), meta["extra"]
+
+
+def base_for_adapter(meta: dict[str, Any], adapter_dir: Path) -> nn.Module:
+    """The network a medical adapter was trained on: its base checkpoint (checked against the digest
+    the adapter recorded), or the bare network for a run trained from scratch (the builder of
+    ``scalpel adapter merge`` for both medical pipelines).
+
+    Raises:
+        AdapterError: not a medical adapter; BaseModelMismatchError: the base's weights changed.
+    """
+    extra = meta.get("extra", {})
     if not str(extra.get("task", "")).startswith("medical.") or "network" not in extra:
         raise AdapterError(f"{adapter_dir} was not written by a medical pipeline (no medical task/network in scalpel.json)")
     if extra.get("base_dir"):
         model, _, _, sha = load_checkpoint(extra["base_dir"])
         check_base(adapter_dir, sha, extra["base_dir"])
-    else:
-        model = spec_from_dict(extra["network"]).build()  # a run trained from scratch: the adapter holds every weight
-    return load_adapter(model, adapter_dir).eval(), extra
+        return model
+    return spec_from_dict(extra["network"]).build()  # a run trained from scratch: the adapter holds every weight
 
 
 def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,7 +8,9 @@ chooses (``on_bad_rows="skip"|"error"``).
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,16 +55,19 @@ def read_table(
     on_bad_rows: str = "skip",
     require_labels: bool = True,
     split: str | None = None,
+    encoding: str = "utf-8",
 ) -> TextTable:
     """Read ``text_column`` (and ``label_column``) of a table file.
 
     Args:
         require_labels: refuse a file without ``label_column``; else ``labels`` is None then.
         split: for a ``DatasetDict`` folder, which split (default: the only one, or "train").
+        encoding: of a CSV, TSV, JSONL or text file; bytes that do not decode are an error
+            naming the line (never replaced silently).
 
     Raises:
         DataError: missing file or column (the message lists the columns found), a broken
-            row with ``on_bad_rows="error"``, or no usable row at all.
+            row with ``on_bad_rows="error"``, text that is not in ``encoding``, or no usable row.
     """
     path = Path(path)
     if on_bad_rows not in BAD_ROW_POLICIES:
@@ -71,15 +76,15 @@ def read_table(
         raise DataError(f"data file {path} does not exist; check the path")
     fmt = detect_format(path)
     if fmt in ("csv", "tsv"):
-        columns, rows = _read_csv(path, "\t" if fmt == "tsv" else ",")
+        columns, rows = _read_csv(path, "\t" if fmt == "tsv" else ",", encoding)
     elif fmt in ("jsonl", "json"):
-        columns, rows = _read_jsonl(path)
+        columns, rows = _read_jsonl(path, encoding)
     elif fmt == "parquet":
         columns, rows = _read_parquet(path)
     elif fmt == "hf":
         columns, rows = _read_hf(path, split)
     else:  # plain text: one input per line, no labels
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = read_text_file(path, encoding).splitlines()
         columns, rows = [text_column], [({text_column: line}, i + 1) for i, line in enumerate(lines)]
 
     needed = [text_column] + ([label_column] if label_column and require_labels else [])
@@ -112,9 +117,40 @@ def read_table(
     return TextTable(texts, labels, str(path), skipped)
 
 
-def _read_csv(path: Path, delimiter: str) -> tuple[list[str], list[tuple[dict, int]]]:
+def read_text_file(path: str | Path, encoding: str = "utf-8") -> str:
+    """The text of ``path`` in ``encoding`` (a UTF-8 byte-order mark is dropped).
+
+    Raises:
+        DataError: bytes that are not ``encoding``, naming the line and the byte and, for
+            UTF-8, suggesting the legacy encoding the file most likely uses; or an unknown encoding.
+    """
+    path = Path(path)
+    try:
+        codecs.lookup(encoding)
+    except LookupError as err:
+        raise DataError(f"unknown text encoding {encoding!r}; use a Python codec name such as utf-8, cp1252 or latin-1") from err
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        guess = next((e for e in ("cp1252", "latin-1") if e != encoding and _decodes(data, e)), None)
+        hint = (f"it looks like {guess}: pass --encoding {guess}, or re-save the file as UTF-8" if guess
+                else "pass the file's --encoding, or re-save it as UTF-8")
+        raise DataError(f"{path}, line {line}: byte 0x{data[err.start]:02x} is not {encoding} text; {hint}") from err
+
+
+def _decodes(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _read_csv(path: Path, delimiter: str, encoding: str = "utf-8") -> tuple[list[str], list[tuple[dict, int]]]:
     rows = []
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+    with io.StringIO(read_text_file(path, encoding), newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = next(reader, None)
         if not header:
@@ -137,8 +173,8 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[str], list[tuple[dict, i
     return header, rows
 
 
-def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[dict, int]]]:
-    text = path.read_text(encoding="utf-8")
+def _read_jsonl(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[tuple[dict, int]]]:
+    text = read_text_file(path, encoding)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             records = json.loads(text)

@@ -21,14 +21,23 @@ def load_adapted(adapter_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if not Path(adapter_dir).is_dir():
         raise AdapterError(f"adapter directory {adapter_dir} does not exist; pass the run's adapter folder (runs/<name>/adapter)")
     meta = read_adapter_meta(adapter_dir)
+    model = load_adapter(base_for_adapter(meta, Path(adapter_dir)), adapter_dir)
+    model.eval()
+    return model, meta["extra"]
+
+
+def base_for_adapter(meta: dict[str, Any], adapter_dir: Path) -> nn.Module:
+    """The torchvision base a vision adapter was trained on, with its base weights (the builder of
+    ``scalpel adapter merge``, registered for the three vision pipelines).
+
+    Raises:
+        AdapterError: not a vision adapter.
+    """
     extra = meta.get("extra", {})
     if "model" not in extra or "task" not in extra:
         raise AdapterError(f"{adapter_dir} was not written by a vision pipeline (no model/task in scalpel.json)")
-    base = build_model(extra["model"], extra["num_classes"], weights=extra.get("base_weights") or None,
+    return build_model(extra["model"], extra["num_classes"], weights=extra.get("base_weights") or None,
                        image_size=extra.get("image_size"), task=extra["task"])
-    model = load_adapter(base, adapter_dir)
-    model.eval()
-    return model, extra
 
 
 def predict(adapter_dir: Path, inputs: Sequence[str], options: dict[str, Any]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ def load_split(options: VisionOptions, data: str, images: str, masks: str, val: 
     held = _load(options, *val) if val else None
     train_set, val_set = _dataset(options, train, True), _dataset(options, held or train, False)
     reports = [train.report] + ([held.report] if held else [])
+    for report in reports:  # what was dropped or skipped is said on the console, not only in report.md
+        if report.boxes_dropped or report.skipped:
+            print(f"scalpel: {report.summary()}", file=sys.stderr)
     if held is None:  # a seeded split of one data set, the same in every run
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed)).tolist()
         cut = max(1, int(round(len(order) * options.val_fraction)))

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from scalpel.core.artifacts import FOLDER_CHECKS
 from scalpel.core.delta import adapter_of, base_name, delete_adapter, state_of
 from scalpel.core.errors import AdapterError, BaseModelMismatchError
 from scalpel.core.files import read_safetensors
-from scalpel.core.lora.config import LoraConfig
+from scalpel.core.lora.config import LoraConfig, _first_match
 from scalpel.core.lora.model import _trained_biases, apply_lora, lora_layers, saved_modules
 
 PREFIX = "base_model.model."
@@ -167,6 +168,44 @@ def describe_lora(config: LoraConfig, tensors: dict[str, torch.Tensor]) -> dict[
         "variant": "dora" if config.use_dora else ("rslora" if config.use_rslora else "lora"),
         "lora_tensor_numel": numel,
     }
+
+
+def lora_rank_problems(adapter_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """A ``FOLDER_CHECKS`` entry: the ranks a LoRA ``adapter_config.json`` states (``r``,
+    ``rank_pattern``) against the ranks of the saved ``lora_A`` tensors. PEFT builds layers of
+    the stated rank and then fails on the tensors' shapes, far from the cause."""
+    if str(adapter_config.get("peft_type", "")).upper() != "LORA":
+        return []
+    r, pattern = adapter_config.get("r"), adapter_config.get("rank_pattern") or {}
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        return [f"adapter_config.json has r: {r!r}, not a positive integer; it is damaged: save the adapter again"]
+    if not isinstance(pattern, dict):
+        return [f"adapter_config.json has rank_pattern {pattern!r}, not a mapping; it is damaged: "
+                "save the adapter again"]
+    wrong = [(module, rank, _first_match(pattern, module, r)) for module, rank in _saved_ranks(tensors).items()]
+    wrong = [w for w in wrong if w[1] != w[2]]
+    if not wrong:
+        return []
+    module, rank, stated = wrong[0]
+    said = f"r: {stated}" if stated == r else f"rank {stated} (rank_pattern)"
+    return [
+        f"adapter_config.json says {said} for module {module!r}, but adapter_model.safetensors holds rank-{rank} "
+        f"tensors for it ({len(wrong)} module(s) disagree); the config and the weights come from different saves: "
+        "save the adapter again (or fix r / rank_pattern in adapter_config.json)"
+    ]
+
+
+def _saved_ranks(tensors: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Module name -> rank of its saved ``lora_A`` (the rows of A: ``[r, in, ...]``)."""
+    ranks = {}
+    for key, value in tensors.items():
+        match = re.match(rf"(?:{re.escape(PREFIX)})?(.*)\.(lora_A\.weight|lora_embedding_A)$", key)
+        if match and value.dim() > 0:
+            ranks[match.group(1)] = int(value.shape[0])
+    return ranks
+
+
+FOLDER_CHECKS.append(lora_rank_problems)
 
 
 def read_peft_lora(model: nn.Module, adapter_config: dict[str, Any], path: Path, adapter_name: str) -> nn.Module | None:

@@ -7,15 +7,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from scalpel.core.errors import ScalpelError
+from scalpel.core.files import atomic_write
 from scalpel.medical.dicom.deid import DeidOptions, Pseudonyms
 
 STATE_VERSION = 1
@@ -105,28 +102,3 @@ def _key_check(key: bytes, salt: bytes) -> str:
 
 def _input_check(src: Path) -> str:
     return hashlib.sha256(str(src).encode()).hexdigest()  # a check, not the path: names can identify
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a hidden temporary file beside ``path``; rename it onto ``path`` only once complete.
-
-    What :func:`scalpel.core.files.atomic_write` does, without importing that module, which loads
-    torch (seconds) that `scalpel dicom` never uses. A kill leaves ``.<name>.<random>.tmp``,
-    which a continued run removes.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise ScalpelError(f"cannot write to {path.parent}: {err.strerror}; choose a writable directory") from err
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

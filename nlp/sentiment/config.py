@@ -30,6 +30,7 @@ class SentimentOptions:
     label_column: str = field(default="label", metadata={"help": "column holding the label (string or integer)"})
     labels: tuple[str, ...] = field(default=(), metadata={"help": "label names in class-id order; empty: sorted labels of the training data"})
     on_bad_rows: str = field(default="skip", metadata={"help": "broken or empty rows: skip (and count them) or error"})
+    encoding: str = field(default="utf-8", metadata={"help": "text encoding of CSV/TSV/JSONL files (e.g. cp1252, latin-1); bytes that do not decode are an error naming the line"})
     validation_fraction: float = field(default=0.1, metadata={"help": "share held out for validation when no validation_file"})
     test_fraction: float = field(default=0.1, metadata={"help": "share held out for test when no test_file"})
     max_train_samples: int = field(default=0, metadata={"help": "subsample the training split to this many rows (stratified); 0: all"})

@@ -80,7 +80,8 @@ def load_splits(options: SentimentOptions, seed: int = 0) -> Splits:
     embedded corpus); ``seed`` seeds the splits and the subsampling."""
     files: list[str] = []
     if options.train_file:
-        read = lambda p: read_table(p, options.text_column, options.label_column, on_bad_rows=options.on_bad_rows)  # noqa: E731
+        read = lambda p: read_table(p, options.text_column, options.label_column, on_bad_rows=options.on_bad_rows,  # noqa: E731
+                                    encoding=options.encoding)
         train = read(options.train_file)
         files.append(options.train_file)
         val = read(options.validation_file) if options.validation_file else None

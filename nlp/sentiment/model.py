@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from scalpel.core.errors import DataError, ScalpelError
+from scalpel.core.files import refuse_pickle_weights
 
 #: module names of classification heads across transformers families (trained in full)
 HEAD_NAMES = ("classifier", "pre_classifier", "score")
@@ -113,6 +114,7 @@ def load_classifier(name_or_path: str, label_names: tuple[str, ...], seed: int =
     from transformers import AutoModel, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    refuse_pickle_weights(name_or_path)  # never unpickle: a folder with only pytorch_model.bin is refused
     pooling = resolve_pooling(pooling, name_or_path)
     if pooling not in ("cls", "mean"):
         raise ScalpelError(f"pooling must be auto, cls or mean, got {pooling!r}")

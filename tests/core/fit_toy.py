@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -93,8 +94,6 @@ def _kill_child(output_dir: str, marker: str) -> None:
 def _ddp_child(output_dir: str, result_dir: str) -> None:
     """Global batch 8 = 2 processes x 4; writes each rank's trained tensors and every
     file-system write it attempted under output_dir (rank 1 must attempt none)."""
-    import os
-
     rank = int(os.environ.get("RANK", "0"))
     writes: list[str] = []
     root = str(Path(output_dir).resolve())
@@ -121,6 +120,7 @@ def _ddp_child(output_dir: str, result_dir: str) -> None:
     save_file(trained, str(Path(result_dir) / f"rank{rank}.safetensors"))
     (Path(result_dir) / f"rank{rank}.writes").write_text("\n".join(writes))
     (Path(result_dir) / f"rank{rank}.steps").write_text(str(result.steps))
+    _leave_process_group()
 
 
 def _fsdp_state_child() -> None:
@@ -161,7 +161,29 @@ def _fsdp_state_child() -> None:
     again = full_model_state(sharded)
     if rank == 0:
         assert again.keys() == expected.keys() and all(torch.equal(again[k], expected[k]) for k in again)
-    dist.destroy_process_group()
+    _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """End a torchrun child once its checks passed: every rank past its last collective, the
+    process group destroyed, and the process gone without Python's interpreter shutdown.
+
+    Gloo's worker threads let go of a collective's tensors after the collective completes;
+    that needs the GIL, and a thread that asks for it while the interpreter shuts down is
+    stopped inside a destructor, which aborts the process ("terminate called without an
+    active exception", SIGABRT: the test failed about one run in four under load).
+    ``destroy_process_group`` would join those threads, but only by freeing the group, and
+    FSDP2's DTensor caches (module-level, in torch) keep its DeviceMesh, and so the group,
+    alive. Without the shutdown there is nothing for a late thread to run into.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # fit has destroyed the group it set up (Accelerate's end_training)
+        dist.barrier()  # no rank leaves while another still exchanges with it
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

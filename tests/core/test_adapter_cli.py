@@ -1,7 +1,6 @@
 """``scalpel adapter info`` and ``scalpel adapter merge``, through ``scalpel.core.cli.main``."""
 
 import json
-import textwrap
 
 import pytest
 import torch
@@ -55,15 +54,13 @@ def test_merge_a_transformers_base_and_show_info(bert_dir, tmp_path, capsys):
 
 
 def test_merge_a_safetensors_base_with_a_builder(tmp_path, monkeypatch, capsys):
-    (tmp_path / "tiny_builder.py").write_text(textwrap.dedent("""
-        from torch import nn
-        def build():
-            return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
-    """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import tiny_builder
+    from scalpel.core.builders import BUILDERS
 
-    base = tiny_builder.build()
+    def build(meta):
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 2))
+
+    monkeypatch.setitem(BUILDERS._entries, "test.conv", build)  # a domain registers its builders the same way
+    base = build({})
     write_safetensors(tmp_path / "base.safetensors", base.state_dict())
     model = sc.apply(base, LoraConfig(r=2, targets="0|2"))
     _randomize(model)
@@ -73,10 +70,10 @@ def test_merge_a_safetensors_base_with_a_builder(tmp_path, monkeypatch, capsys):
 
     args = ["adapter", "merge", "--base", str(tmp_path / "base.safetensors"), "--adapter", str(tmp_path / "adapter")]
     assert main(args + ["--out", str(tmp_path / "m1")]) == 2
-    assert "--builder module:callable" in capsys.readouterr().err
-    assert main(args + ["--out", str(tmp_path / "m2"), "--builder", "tiny_builder:build"]) == 0
-    rebuilt = tiny_builder.build()
+    assert "--builder NAME, a registered builder" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "m2"), "--builder", "test.conv"]) == 0
+    rebuilt = build({})
     rebuilt.load_state_dict(read_safetensors(tmp_path / "m2" / "model.safetensors"))
     assert torch.allclose(rebuilt(x), expected, atol=1e-5)
-    assert main(args + ["--out", str(tmp_path / "m3"), "--builder", "tiny_builder:nothing"]) == 2
-    assert "cannot be imported" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "m3"), "--builder", "test.cnov"]) == 2
+    assert "did you mean 'test.conv'?" in capsys.readouterr().err

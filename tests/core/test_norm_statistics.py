@@ -7,13 +7,16 @@ it was trained as (and a domain-shift adaptation loses much of its effect).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
 from scalpel.core import load_adapter, save_adapter, trainable_parameters
-from scalpel.core.artifacts import STATS_PREFIX
+from scalpel.core.artifacts import STATS_PREFIX, WEIGHTS_DIGEST
 from scalpel.core.errors import BaseModelMismatchError
+from scalpel.core.files import sha256_digest
 from scalpel.core.recipes import adapt
 
 
@@ -62,7 +65,13 @@ def test_statistics_of_another_architecture_are_refused(tmp_path):
     tensors = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
     assert f"{STATS_PREFIX}1.running_var" in tensors
     tensors[f"{STATS_PREFIX}7.running_var"] = torch.ones(8)  # a norm layer the base does not have
-    save_file(tensors, str(tmp_path / "adapter" / "adapter_model.safetensors"), metadata={"format": "pt"})
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    # as a tool that edits adapters would: the digest matches, so only the architecture check can object
+    meta_file = tmp_path / "adapter" / "scalpel.json"
+    meta = json.loads(meta_file.read_text())
+    meta[WEIGHTS_DIGEST] = sha256_digest(weights.read_bytes())
+    meta_file.write_text(json.dumps(meta))
     with pytest.raises(BaseModelMismatchError, match="7.running_var"):
         load_adapter(small_cnn(), tmp_path / "adapter")
 

@@ -62,6 +62,15 @@ def test_loading_a_folder_with_a_truncated_slice_is_an_error(tmp_path):
         load_series(tmp_path / "in")
 
 
+def test_predicting_on_a_folder_with_a_truncated_slice_is_an_error(tmp_path):
+    from scalpel.medical.predict import read_series
+
+    written = write_series(tmp_path / "in", n=4, rows=64, cols=64)
+    cut = truncate(written.paths[3])  # the series still stacks from the other three: only the check can tell
+    with pytest.raises(DataError, match=f"1 damaged or unreadable DICOM file.*{cut.name}: pixel data is truncated"):
+        read_series(tmp_path / "in")
+
+
 def test_truncated_native_file_is_never_written_by_deid(tmp_path):
     written = write_series(tmp_path / "in", n=3, rows=64, cols=64)
     cut = truncate(written.paths[0])

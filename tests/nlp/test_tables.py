@@ -57,3 +57,34 @@ def test_unknown_suffix_and_missing_file(tmp_path):
     (tmp_path / "d.xlsx").write_text("x")
     with pytest.raises(DataError, match="cannot tell the format"):
         read_table(tmp_path / "d.xlsx")
+
+
+def test_latin1_files_are_named_with_the_line_and_read_with_encoding(tmp_path):
+    from scalpel.core.errors import DataError
+    from scalpel.nlp.chat.data import read_conversations
+    from scalpel.nlp.tables import read_table
+
+    csv_file = tmp_path / "reviews.csv"
+    csv_file.write_bytes("text,label\ngood film,pos\ncaf\u00e9 scene was d\u00e9j\u00e0 vu,neg\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"reviews.csv, line 3: byte 0xe9 is not utf-8 text.*--encoding cp1252"):
+        read_table(csv_file)
+    table = read_table(csv_file, encoding="latin-1")
+    assert table.texts[1] == "caf\u00e9 scene was d\u00e9j\u00e0 vu" and not table.skipped
+
+    jsonl = tmp_path / "chat.jsonl"
+    jsonl.write_bytes(('{"prompt": "hi", "response": "ok"}\n{"prompt": "na\u00efve?", "response": "s\u00ed"}\n').encode("latin-1"))
+    with pytest.raises(DataError, match=r"chat.jsonl, line 2: byte 0xef"):
+        read_table(jsonl, "prompt", "response")
+    with pytest.raises(DataError, match=r"chat.jsonl, line 2"):
+        read_conversations(jsonl)
+    assert read_conversations(jsonl, encoding="latin-1")[1][0]["content"] == "na\u00efve?"
+    with pytest.raises(DataError, match="unknown text encoding 'klingon'"):
+        read_table(csv_file, encoding="klingon")
+
+
+def test_utf8_with_a_byte_order_mark_reads_as_utf8(tmp_path):
+    from scalpel.nlp.tables import read_table
+
+    f = tmp_path / "bom.csv"
+    f.write_bytes("\ufefftext,label\nd\u00e9j\u00e0,pos\n".encode("utf-8"))
+    assert read_table(f).texts == ["d\u00e9j\u00e0"]

@@ -191,3 +191,18 @@ def test_detection_flip_moves_boxes_with_the_image():
               "labels": torch.tensor([1])}
     _, out = v2.RandomHorizontalFlip(1.0)(image, target)
     assert out["boxes"].tolist() == [[14.0, 1.0, 18.0, 5.0]]
+
+
+def test_coco_box_with_a_negative_width_stops_a_strict_load_and_is_counted_otherwise(scenes, tmp_path):
+    raw = json.loads((scenes / "annotations.json").read_text())
+    raw["annotations"][0]["bbox"][2] = -4.0
+    raw["annotations"][1]["bbox"] = [1, 2, 3]
+    bad = tmp_path / "annotations.json"
+    bad.write_text(json.dumps(raw))
+    with pytest.raises(DataError, match=r"2 box\(es\).*annotation .*\[x, y, width, height\]") as err:
+        load_coco(bad, scenes / "images")
+    assert f"annotation {raw['annotations'][0]['id']}" in str(err.value)
+    data = load_coco(bad, scenes / "images", strict=False)
+    assert len(data.report.skipped["malformed bbox"]) == 2
+    assert data.report.objects == len(raw["annotations"]) - 2
+    assert "2 skipped (malformed bbox)" in data.report.summary()

@@ -11,6 +11,7 @@ are kept.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,16 @@ def load_coco(annotations: str | Path, images: str | Path | None = None, *, stri
         raise DataError(f"{path}: " + "; ".join(problems) + ". Add the missing entries or remove those annotations "
                         "(or pass strict=False / --no-strict to skip and count them)")
 
+    malformed = [f"annotation {a.get('id')} (bbox {a.get('bbox')})" for a in data["annotations"] if _malformed(a.get("bbox"))]
+    if strict and malformed:  # a negative or zero size is an export error, not an object to drop quietly
+        raise DataError(f"{path}: {len(malformed)} box(es) with a size that is not positive or not a number: "
+                        f"{listing(malformed)}. A COCO bbox is [x, y, width, height]; fix or remove them "
+                        "(or pass strict=False / --no-strict to skip and count them)")
     by_image: dict[Any, list[dict]] = defaultdict(list)
     for ann in data["annotations"]:
-        if ann.get("category_id") not in label_of:
+        if _malformed(ann.get("bbox")):
+            report.skip("malformed bbox", f"annotation {ann.get('id')} (bbox {ann.get('bbox')})")
+        elif ann.get("category_id") not in label_of:
             report.skip("unknown category id", f"annotation {ann.get('id')} (category {ann.get('category_id')})")
         elif ann.get("image_id") not in image_by_id:
             report.skip("unknown image id", f"annotation {ann.get('id')} (image {ann.get('image_id')})")
@@ -132,6 +140,15 @@ def _decode_rle(rle: dict, width: int, height: int) -> np.ndarray:
     if isinstance(rle.get("counts"), list):
         rle = coco_mask.frPyObjects(rle, height, width)
     return coco_mask.decode(rle).astype(bool)
+
+
+def _malformed(bbox: Any) -> bool:
+    """Not four finite numbers with a positive width and height."""
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return True
+    return not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0
 
 
 def _xyxy(bbox: Any) -> list[float]:
