@@ -46,6 +46,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--seg-out", type=Path, required=True, help="DICOM SEG file to write")
     predict.add_argument("--series", help="SeriesInstanceUID, when SERIES_DIR holds several series")
     predict.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
+    predict.add_argument("--push", metavar="URL", help="also send the SEG to this PACS (DICOMweb root or AE@host:port); "
+                         "credentials from SCALPEL_PACS_* or --auth-file")
+    predict.add_argument("--auth-file", type=Path, help="PACS credentials file for --push (see `scalpel dicom push --help`)")
+    predict.add_argument("--key-file", type=Path, help="with --push: the key of a de-identified pull, to send the SEG back "
+                         "under the original patient and UIDs")
     predict.set_defaults(handler=_predict)
 
     sites = sub.add_parser("sites", help="list the site adapters trained on a base checkpoint")
@@ -53,6 +58,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     sites.add_argument("--runs", type=Path, default=Path("runs"), help="folder searched for adapters (default: runs)")
     sites.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sites.set_defaults(handler=_sites)
+
+    from scalpel.medical.federate import register_federate
+
+    register_federate(sub)  # scalpel medical federate BASE SITE SITE ... --out OUT
 
 
 def _adapt(args: argparse.Namespace) -> int:
@@ -66,6 +75,10 @@ def _adapt(args: argparse.Namespace) -> int:
     flags = [_alias(flag) for flag in flags]
     if not any(f == "--output-dir" or f.startswith("--output-dir=") for f in flags):
         raise ScalpelError("give the run folder: scalpel medical adapt BASE SITE --out RUN")
+    if site.startswith(("http://", "https://")):  # a PACS query as the site: pulled de-identified first
+        from scalpel.medical.pacs.site import site_from_arguments
+
+        site, flags = site_from_arguments(site, flags)
     pipeline = pipeline_for(base)
     result = pipeline.run(parse_run_flags(pipeline, ["--base", base, "--data", site, *flags]))
     print((Path(result.run_dir) / "report.md").read_text())
@@ -94,9 +107,19 @@ def _predict(args: argparse.Namespace) -> int:
     labels = sites.predict(series)
     path = write_seg(sites.seg(series, labels), args.seg_out)
     counts = {name: int(np.sum(labels == k)) for k, name in enumerate(sites.spec.structures, start=1)}
+    pushed = _push_seg(args, path) if args.push else None
     print(json.dumps({"seg": str(path), "series_uid": series.series_uid, "shape": list(labels.shape), "voxels": counts,
-                      "adapter": str(args.adapter) if args.adapter else None}, indent=2))
+                      "adapter": str(args.adapter) if args.adapter else None, **({"pushed": pushed} if pushed else {})}, indent=2))
     return 0
+
+
+def _push_seg(args: argparse.Namespace, seg_path: Path) -> dict:
+    from scalpel.medical.dicom.deid import read_key_file
+    from scalpel.medical.pacs.cli import open_pacs
+    from scalpel.medical.pacs.workflow import push_prediction
+
+    key = read_key_file(args.key_file) if args.key_file else None
+    return push_prediction(open_pacs(args, args.push), seg_path, args.series_dir, key).to_dict()
 
 
 def _sites(args: argparse.Namespace) -> int:
