@@ -9,7 +9,7 @@ from typing import Any
 
 import streamlit as st
 
-from scalpel.apps.runs import HOW_TO_MAKE_ONE, RunInfo, default_runs_dir, find_runs
+from scalpel.apps.runs import HOW_TO_MAKE_ONE, RunInfo, best_run_index, default_runs_dir, find_runs
 from scalpel.core.errors import ScalpelError
 
 #: Largest upload a page accepts, in MB (also the Streamlit server limit set by ``scalpel app``).
@@ -33,8 +33,10 @@ def pick_run(tasks: tuple[str, ...], pipeline: str, label: str = "Run", key: str
         st.info(HOW_TO_MAKE_ONE.format(root=root, pipeline=pipeline))
         return None
     names = [r.name for r in runs]
-    chosen = st.sidebar.selectbox(label, names, key=key or f"run_{pipeline}")
+    chosen = st.sidebar.selectbox(label, names, index=best_run_index(runs), key=key or f"run_{pipeline}",
+                                  help="Preselected: the best run by its held-out metric (full fine-tuning only when alone)")
     run = runs[names.index(chosen)]
+    st.caption(run.provenance())
     with st.expander(f"Adapter: {run.name}", expanded=False):
         st.dataframe([run.summary()], hide_index=True)
         if run.metrics:

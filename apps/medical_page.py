@@ -20,7 +20,8 @@ import streamlit as st
 
 from scalpel.apps.common import MAX_UPLOAD_MB, friendly_errors, runs_dir_input, too_large
 from scalpel.apps.dicom_upload import COLOUR_NAMES, UploadedSeries, UploadPrediction, group_series, overlay, predict_upload, read_uploads, to_display
-from scalpel.apps.runs import RunInfo, find_runs
+from scalpel.apps.pacs_panel import pacs_source, push_button
+from scalpel.apps.runs import RunInfo, best_run_index, find_runs
 from scalpel.medical.dicom.pixels import WINDOW_PRESETS
 
 SITE_TASKS = ("medical.site", "medical.segmentation")
@@ -61,11 +62,13 @@ def segmentation_panel(series: UploadedSeries, root: str) -> UploadPrediction | 
         st.info(NO_SITE_RUNS.format(root=root))
         return None
     names = [_run_label(r) for r in runs]
-    chosen = st.selectbox("Site adapter", ["none (images only)", *names], index=1, key="medical_run",
-                          help="Adapters of `scalpel medical adapt`; switching them does not reload the base")
+    chosen = st.selectbox("Site adapter", ["none (images only)", *names], index=1 + best_run_index(runs), key="medical_run",
+                          help="Preselected: the best by held-out Dice (full fine-tuning only when alone); "
+                               "switching adapters does not reload the base")
     if chosen not in names:
         return None
     run = runs[names.index(chosen)]
+    st.caption(run.provenance())
     with st.expander(f"Adapter: {run.name}", expanded=False):
         st.dataframe([run.summary()], hide_index=True)
     base_dir = str(run.extra.get("base_dir", ""))
@@ -82,6 +85,16 @@ def segmentation_panel(series: UploadedSeries, root: str) -> UploadPrediction | 
                            help="A DICOM Segmentation referencing the uploaded slices, naming the algorithm and adapter")
         return prediction
     return None
+
+
+@st.cache_resource(show_spinner="Reading the example series...", max_entries=2)
+def _example_files(root: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """(label, files) of the first scanner-B example series (see :mod:`scalpel.apps.examples`)."""
+    from scalpel.apps.examples import medical_examples, series_files, synthetic_series
+
+    found = medical_examples(find_runs(root, SITE_TASKS)[0])
+    label, folder = found[0] if found else synthetic_series()
+    return f"{label} ({folder})", series_files(folder)
 
 
 def _run_label(run: RunInfo) -> str:
@@ -124,13 +137,24 @@ def main() -> None:
                                    help="Patient name, ID, birth date... are hidden unless ticked")
     uploads = st.file_uploader(f"DICOM files or a .zip of a series (at most {MAX_UPLOAD_MB} MB)", accept_multiple_files=True,
                                key="dicom_files")
-    if not uploads:
-        st.info("Upload the slices of a series (or one zip). Nothing is written to disk.")
+    pacs_files = pacs_source()  # the PACS panel: search, pull a series, push the SEG back (apps/pacs_panel.py)
+    if st.button("Try a CT series from the demo's scanner B", key="medical_try",
+                 help="A held-out site-B case of the site adapters' own data (or a fresh phantom of that scanner)"):
+        st.session_state["medical_example"] = True
+    if not uploads and not pacs_files and not st.session_state.get("medical_example"):
+        st.info("Upload the slices of a series (or one zip), or try the example. Nothing is written to disk.")
         return
-    if too_large(uploads):
+    if uploads and too_large(uploads):
         return
     with friendly_errors("Cannot read the upload"):
-        datasets, problems = read_uploads((u.name, u.getvalue()) for u in uploads)
+        if uploads:
+            files = [(u.name, u.getvalue()) for u in uploads]
+        elif pacs_files:
+            files = pacs_files
+        else:
+            label, files = _example_files(root)
+            st.caption(f"Example series: {label}")
+        datasets, problems = read_uploads(files)
         for problem in problems[:20]:
             st.warning(problem)
         if not datasets:
@@ -146,6 +170,8 @@ def main() -> None:
         for problem in current.problems:
             st.caption(problem)
         prediction = segmentation_panel(current, root)
+        if prediction is not None:
+            push_button(prediction.seg)
         viewer(current, prediction)
 
 

@@ -34,6 +34,10 @@ HOW_TO_MAKE_ONE = "No trained runs found in `{root}`. Make one with `make demo` 
                   "or point the runs directory in the sidebar (or the SCALPEL_RUNS environment variable) at your runs."
 
 
+#: Headline metrics (all: higher is better) looked for in ``scalpel.json`` when a run has no ``result.json``.
+HEADLINE_METRICS = ("accuracy", "test_accuracy", "answer_accuracy", "dice", "map_50", "miou", "macro_f1")
+
+
 def default_runs_dir() -> str:
     """``$SCALPEL_RUNS`` if set, else ``runs``."""
     return os.environ.get(RUNS_ENV) or DEFAULT_RUNS
@@ -55,6 +59,30 @@ class RunInfo:
     created: str = ""
     before: dict[str, Any] = field(default_factory=dict)
     """the base's metrics, from the run's ``result.json`` (:class:`scalpel.core.run.RunResult`) when it has one"""
+    metric: str = ""
+    """the run's headline metric (``result.json``), e.g. ``accuracy``; "" without a result.json"""
+    greater_is_better: bool = True
+    source: str = ""
+    """where the numbers come from: the run's ``result.json``, else the adapter's ``scalpel.json``"""
+
+    @property
+    def method(self) -> str:
+        return str(self.extra.get("method") or "+".join(self.methods) or "?")
+
+    @property
+    def score(self) -> float | None:
+        """The headline metric after training, when recorded."""
+        value = self.metrics.get(self.metric) if self.metric else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def provenance(self) -> str:
+        """One line for the page: the base the adapter runs on, the headline metric and its source."""
+        line = f"Adapter `{self.name}` ({self.method}) runs on the base **{self.base_model or '?'}**."
+        if self.score is not None:
+            before = self.before.get(self.metric)
+            was = f"{before:.4g} (base) -> " if isinstance(before, (int, float)) else ""
+            line += f" Held-out {self.metric}: {was}{self.score:.4g}."
+        return line + (f" Numbers from `{self.source}`." if self.source else "")
 
     @property
     def trainable_percent(self) -> float | None:
@@ -90,28 +118,49 @@ def read_run(adapter_dir: Path, root: Path | None = None) -> RunInfo:
         raise AdapterError(f"{adapter_dir / SCALPEL_FILE} is not a JSON object; save the adapter again")
     base = meta.get("base_model") or {}
     extra = meta.get("extra") or {}
-    base_text = str(base.get("name_or_path") or base.get("embedded") or extra.get("model") or base.get("class") or "")
+    base_text = str(base.get("name_or_path") or base.get("embedded") or extra.get("model") or extra.get("base_dir")
+                    or base.get("class") or "")
     name = str(adapter_dir.relative_to(root)) if root is not None and adapter_dir.is_relative_to(root) else adapter_dir.name
     return RunInfo(
         name=name, adapter_dir=adapter_dir, task=str(extra.get("task", "")),
         methods=tuple(str(m.get("method", "?")) for m in meta.get("methods", []) if isinstance(m, dict)),
         base_model=base_text, trainable_parameters=meta.get("trainable_parameters"),
-        total_parameters=meta.get("total_parameters"), metrics=dict(meta.get("metrics") or {}), extra=dict(extra),
-        created=str(meta.get("created", "")), before=_base_metrics(adapter_dir),
+        total_parameters=meta.get("total_parameters"), extra=dict(extra),
+        **{"metrics": dict(meta.get("metrics") or {}), **_result_fields(adapter_dir, meta)},
+        created=str(meta.get("created", "")),
     )
 
 
-def _base_metrics(adapter_dir: Path) -> dict[str, Any]:
-    """The run's metrics before training, when the adapter is the one its run wrote last."""
+def _result_fields(adapter_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """From the run's ``result.json`` (when the adapter is the one its run wrote last): the base's
+    metrics, the headline metric and its direction, the metrics after training; else the adapter's own."""
     result = adapter_dir.parent / RESULT_FILE
+    metrics = meta.get("metrics") or {}
+    guess = next((k for k in HEADLINE_METRICS if isinstance(metrics.get(k), (int, float))), "")
+    fallback = {"metric": guess, "source": str(adapter_dir / SCALPEL_FILE) if metrics else ""}
     if not result.is_file():
-        return {}
+        return fallback
     try:
         data = read_json(result)
     except Exception:  # noqa: BLE001  a damaged result.json only loses the "base" column
-        return {}
-    same = isinstance(data, dict) and Path(str(data.get("adapter_dir", ""))).name == adapter_dir.name
-    return dict(data.get("before") or {}) if same else {}
+        return fallback
+    if not (isinstance(data, dict) and Path(str(data.get("adapter_dir", ""))).name == adapter_dir.name):
+        return fallback
+    found = {"before": dict(data.get("before") or {}), "metric": str(data.get("metric") or ""),
+             "greater_is_better": bool(data.get("greater_is_better", True)), "source": str(result)}
+    if isinstance(data.get("after"), dict) and data["after"]:
+        found["metrics"] = {**(meta.get("metrics") or {}), **data["after"]}
+    return found
+
+
+def best_run_index(runs: list[RunInfo]) -> int:
+    """The run to preselect: the best by its headline metric, full fine-tuning only when nothing
+    else has a score (it is the reference a PEFT method is measured against, not the demo's point)."""
+    scored = [(i, r) for i, r in enumerate(runs) if r.score is not None]
+    peft = [(i, r) for i, r in scored if r.method != "full"] or scored
+    if not peft:
+        return next((i for i, r in enumerate(runs) if r.method != "full"), 0)
+    return max(peft, key=lambda ir: ir[1].score if ir[1].greater_is_better else -ir[1].score)[0]
 
 
 def find_runs(root: str | os.PathLike, tasks: tuple[str, ...] | None = None) -> tuple[list[RunInfo], list[str]]:

@@ -35,41 +35,38 @@ def main() -> None:
     st.caption(f"{task} - classes: {', '.join(names)}")
     uploads = st.file_uploader(f"Images (PNG/JPEG, at most {MAX_IMAGES}, {MAX_UPLOAD_MB} MB in all)", accept_multiple_files=True,
                                key="vision_images")
+    if st.button("Try target-domain examples", key="vision_try",
+                 help="Scenes of the demo's shifted target domain (scalpel.vision.synthetic), none seen in training"):
+        st.session_state["vision_examples"] = True
     if task == "detection":
         threshold = st.slider("Score threshold", 0.0, 1.0, 0.3, 0.01, key="vision_threshold")
     elif task == "segmentation":
         opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="vision_opacity")
-    if not uploads:
-        st.info("Upload one or more images.")
+    if not uploads and not st.session_state.get("vision_examples"):
+        st.info("Upload one or more images, or try the examples.")
         return
-    if too_large(uploads):
-        return
-    if len(uploads) > MAX_IMAGES:
-        st.error(f"{len(uploads)} images uploaded; the page handles at most {MAX_IMAGES} at a time.")
+    if uploads and (too_large(uploads) or len(uploads) > MAX_IMAGES):
+        if len(uploads) > MAX_IMAGES:
+            st.error(f"{len(uploads)} images uploaded; the page handles at most {MAX_IMAGES} at a time.")
         return
     with friendly_errors("Cannot run the model"):
         model = None
         detections, masks = [], []
-        for upload in uploads:
-            try:
-                image = vi.decode_image(upload.name, upload.getvalue())
-            except vi.DataError as err:
-                st.error(str(err))
-                continue
+        for name, image in _images(uploads, run):
             if model is None:
                 with st.spinner("Loading the model..."):
                     model = vision_model(run)
-            st.subheader(upload.name)
+            st.subheader(name)
             if task == "detection":
                 prediction = vi.detect(model, image)
-                detections.append((upload.name, image, prediction))
+                detections.append((name, image, prediction))
                 rows = vi.detections_table(prediction, names, threshold)
                 st.image(vi.draw(image, prediction, names, threshold), caption=f"{len(rows)} detection(s) >= {threshold:.2f}")
                 if rows:
                     st.dataframe(rows, hide_index=True)
             elif task == "segmentation":
                 mask = vi.segment(model, image, int(run.extra.get("image_size") or 256))
-                masks.append((upload.name, mask))
+                masks.append((name, mask))
                 st.image(vi.blend(image, mask, int(run.extra["num_classes"]), opacity), caption="segmentation overlay")
                 counts = {names[k] if k < len(names) else str(k): int((mask == k).sum()) for k in range(int(run.extra["num_classes"]))}
                 st.dataframe([{"class": k, "pixels": v} for k, v in counts.items() if v], hide_index=True)
@@ -84,6 +81,25 @@ def main() -> None:
         if masks:
             st.download_button("Download masks (PNG, zipped)", vi.masks_zip(masks), file_name="masks.zip",
                                mime="application/zip", key="vision_masks")
+
+
+def _images(uploads, run: RunInfo):
+    """(name, RGB image) of the uploads, else of the one-click examples; unreadable uploads are reported."""
+    if not uploads:
+        yield from _examples(run.extra.get("image_size"), run)
+        return
+    for upload in uploads:
+        try:
+            yield upload.name, vi.decode_image(upload.name, upload.getvalue())
+        except vi.DataError as err:
+            st.error(str(err))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _examples(size, _run: RunInfo):
+    from scalpel.apps.examples import vision_examples
+
+    return vision_examples(_run)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,8 @@ def _run(args: argparse.Namespace) -> int:
 def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser("predict", help="predict with a trained adapter")
     predict.add_argument("pipeline")
-    predict.add_argument("--adapter", type=Path, required=True, help="adapter directory (runs/<name>/adapter)")
+    predict.add_argument("--adapter", type=Path, action="append", required=True,
+                         help="adapter directory (runs/<name>/adapter); repeat it to compare adapters on the same inputs")
     predict.add_argument("--file", type=Path, help="read inputs from this file (one per line, or a CSV)")
     predict.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="pipeline-specific option")
     predict.add_argument("inputs", nargs="*", help="inputs (texts, image paths, ...)")
@@ -103,9 +104,36 @@ def _predict(args: argparse.Namespace) -> int:
         options["file"] = str(args.file)
     if not args.inputs and not args.file:
         raise ScalpelError("give inputs on the command line or --file FILE")
-    for row in pipeline.predict(args.adapter, args.inputs, options):
+    if len(args.adapter) == 1:
+        for row in pipeline.predict(args.adapter[0], args.inputs, options):
+            print(json.dumps(row, default=str))
+        return 0
+    if len(set(args.adapter)) != len(args.adapter):
+        raise ScalpelError(f"--adapter names the same folder twice: {[str(a) for a in args.adapter]}")
+    if pipeline.compare is not None:  # e.g. one mixed-adapter pass (scalpel.core.lora.mixed)
+        per_adapter = pipeline.compare(args.adapter, args.inputs, options)
+    else:
+        per_adapter = [pipeline.predict(a, args.inputs, options) for a in args.adapter]
+    for row in compared_rows([str(a) for a in args.adapter], per_adapter):
         print(json.dumps(row, default=str))
     return 0
+
+
+#: Row keys that describe the input, not a prediction: shown once per input when adapters are compared.
+INPUT_KEYS = ("text", "image", "series", "path", "true_label")
+
+
+def compared_rows(adapters: list[str], per_adapter: list[list[dict]]) -> list[dict]:
+    """One row per input from each adapter's rows: the input (:data:`INPUT_KEYS`, when all
+    adapters report it alike) at the top, the predictions under ``"adapters"`` by adapter directory."""
+    if len({len(rows) for rows in per_adapter}) > 1:
+        raise ScalpelError("the adapters returned different numbers of results for the same inputs")
+    merged = []
+    for rows in zip(*per_adapter):
+        shared = {k: rows[0][k] for k in INPUT_KEYS if k in rows[0] and all(r.get(k) == rows[0][k] for r in rows)}
+        merged.append({**shared, "adapters": {a: {k: v for k, v in r.items() if k not in shared}
+                                              for a, r in zip(adapters, rows)}})
+    return merged
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ OUT = Path(__file__).resolve().parent / "api.md"
 MODULES = (
     ("scalpel.core", "Apply, save, load and merge any method; parameter reports; errors."),
     ("scalpel.core.lora", "LoRA, rsLoRA and DoRA."),
+    ("scalpel.core.lora.mixed", "Many LoRA adapters in one batch: each sample names its adapter."),
     ("scalpel.core.sparse", "Sparse fine-tuning: scorers, masks, regrowth."),
     ("scalpel.core.layerwise", "Layer-wise selection, block maps, LLRD, Auto-RGN, LISA."),
     ("scalpel.core.distill", "Knowledge distillation as a loss."),
