@@ -196,7 +196,7 @@ def device_info() -> dict[str, Any]:
             for i, p in ((i, torch.cuda.get_device_properties(i)) for i in range(torch.cuda.device_count()))
         ]
         info["bf16"] = bool(torch.cuda.is_bf16_supported())
-        info["bf16_note"] = "use --mixed-precision bf16" if info["bf16"] else "GPU has no bf16; use fp16 or fp32"
+        info["bf16_note"] = "native: --mixed-precision auto trains in bf16" if info["bf16"] else "GPU has no bf16; use fp16 or fp32"
     elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         info["kind"] = "mps"
         info["bf16"] = True
@@ -205,9 +205,16 @@ def device_info() -> dict[str, Any]:
         info["kind"] = "cpu"
         capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "unknown"
         info["cpu_capability"] = capability
-        # bf16 autocast runs on any CPU; it is only faster than fp32 with AVX512-BF16 / AMX.
+        # bf16 autocast runs on any CPU; it is only faster than fp32 with AVX512-BF16 / AMX,
+        # and only there does --mixed-precision auto choose it (core/fit/precision.py).
+        from scalpel.core.fit.precision import native_cpu_bf16, read_cpu_flags
+
+        native = native_cpu_bf16(read_cpu_flags())
         info["bf16"] = True
-        info["bf16_note"] = f"CPU autocast works; faster than fp32 only with AVX512-BF16/AMX (this CPU: {capability})"
+        info["bf16_native"] = native
+        info["bf16_note"] = (f"native ({native}): --mixed-precision auto trains in bf16" if native else
+                             f"emulated (no AMX-BF16 or AVX512-BF16; this CPU: {capability}): --mixed-precision auto "
+                             "stays fp32, bf16 works but is slower")
     info["cpu_count"] = os.cpu_count()
     info["torch_threads"] = torch.get_num_threads()
     info["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS")

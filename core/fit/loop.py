@@ -44,10 +44,12 @@ from scalpel.core.errors import DataError, ScalpelError, TrainingError
 from scalpel.core.fit.config import FitConfig
 from scalpel.core.fit.setup import (
     build_optimizer,
+    compile_model,
     enable_gradient_checkpointing,
     make_accelerator,
     on_device,
     open_epoch,
+    run_precision,
     same_on_all_ranks,
     samples_in,
 )
@@ -242,6 +244,8 @@ def _set_up(
     from accelerate.utils import set_seed
 
     set_seed(config.seed)
+    if config.compile:  # refuses gradient checkpointing, so it never meets an enabled one
+        compile_model(model, config, accelerator.num_processes)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     optimizer = build_optimizer(model, param_groups, config)
@@ -410,7 +414,7 @@ def _accumulate(accelerator: Accelerator, model: nn.Module, task: Task, batches:
         sync = accelerator.no_sync(model) if i < micro - 1 else nullcontext()
         with sync:
             out = _task_step(task, model, batch, first + i, epoch)
-            loss = out["loss"]
+            loss = out["loss"].float()  # fp32 under bf16 autocast too
             accelerator.backward(loss / micro)
         total += loss.detach().float() / micro
         samples += samples_in(batch)
@@ -601,6 +605,7 @@ def _report(result: FitResult, model: nn.Module, config: FitConfig, progress: Pr
     lines = [f"# Training report: {result.run_dir.name}", "",
              f"- {parameter_report(model)}",
              f"- steps: {result.steps} ({progress.epoch} full epochs), samples: {progress.samples:,}",
+             _precision_line(config),
              f"- training time: {result.train_seconds:.1f} s"
              + (f" ({progress.samples / result.train_seconds:.1f} samples/s)" if result.train_seconds > 0 else ""),
              f"- final training loss: {result.train_loss:.6g}" if result.train_loss is not None else "- final training loss: n/a"]
@@ -612,6 +617,12 @@ def _report(result: FitResult, model: nn.Module, config: FitConfig, progress: Pr
     if result.adapter_dir is not None:
         lines += ["", f"Adapter: `{result.adapter_dir}`"]
     return lines
+
+
+def _precision_line(config: FitConfig) -> str:
+    precision = run_precision(config)
+    return (f"- precision: {precision.label} ({precision.reason}); weights, optimizer state and losses fp32"
+            + ("; torch.compile" if config.compile else ""))
 
 
 def _flat(d: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ gradient checkpointing, and the per-epoch batch iterator (seeded order, exact sk
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
@@ -13,6 +14,7 @@ from torch import nn
 
 from scalpel.core.errors import MissingDependencyError, ScalpelError
 from scalpel.core.fit.config import FitConfig
+from scalpel.core.fit.precision import Precision, choose_precision, this_hardware
 
 #: tracker -> packages that provide it (Accelerate falls back to tensorboardX), extra that installs it
 _TRACKER_PACKAGES = {"tensorboard": (("tensorboardX", "tensorboard"), "tracking"), "mlflow": (("mlflow",), None)}
@@ -20,7 +22,8 @@ _TRACKER_PACKAGES = {"tensorboard": (("tensorboardX", "tensorboard"), "tracking"
 
 def make_accelerator(config: FitConfig):
     """An Accelerator for ``config``: CUDA when present (unless ``device="cpu"``), bf16 autocast
-    on a bf16-capable GPU by default, and a data order that is a function of (seed, epoch)."""
+    where the hardware runs it natively by default (see core/fit/precision.py), and a data
+    order that is a function of (seed, epoch)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration
@@ -29,11 +32,9 @@ def make_accelerator(config: FitConfig):
         packages, extra = _TRACKER_PACKAGES[tracker]
         if not any(importlib.util.find_spec(p) for p in packages):
             raise MissingDependencyError(packages[0], f"FitConfig(trackers=[{tracker!r}])", extra)
-    cpu = config.device == "cpu" or not torch.cuda.is_available()
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if not cpu and torch.cuda.is_bf16_supported() else "no"
-    if precision != "no" and cpu and precision == "fp16":
+    cpu = trains_on_cpu(config)
+    precision = run_precision(config).mode
+    if cpu and precision == "fp16":
         raise ScalpelError("mixed_precision='fp16' needs a GPU; use 'no' or 'bf16' on CPU")
     state = AcceleratorState._shared_state
     if state and (state.get("_mixed_precision") != precision or state.get("_cpu", cpu) != cpu):
@@ -48,6 +49,31 @@ def make_accelerator(config: FitConfig):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
         step_scheduler_with_optimizer=False,
     )
+
+
+def trains_on_cpu(config: FitConfig) -> bool:
+    return config.device == "cpu" or not torch.cuda.is_available()
+
+
+def run_precision(config: FitConfig) -> Precision:
+    """The precision ``config.mixed_precision`` means on this machine, and why (for the report)."""
+    return choose_precision(config.mixed_precision, this_hardware(trains_on_cpu(config)))
+
+
+def compile_model(model: nn.Module, config: FitConfig, processes: int) -> None:
+    """``torch.compile`` the model's forward in place (``nn.Module.compile``), so parameter names,
+    checkpoints and saved adapters are the same as without it; refuse where it does not work."""
+    problems = []
+    if processes > 1:
+        problems.append(f"compile runs on one process only (this run has {processes}); leave out --compile under DDP/FSDP")
+    if trains_on_cpu(config) and not any(shutil.which(c) for c in ("cc", "gcc", "clang", "g++", "c++")):
+        problems.append("compile on CPU needs a C++ compiler (inductor writes C++ kernels) and none is on PATH; "
+                        "install gcc or clang, or leave out --compile")
+    if config.gradient_checkpointing:
+        problems.append("compile with gradient_checkpointing is not supported by fit; choose one of them")
+    if problems:
+        raise ScalpelError("cannot compile the model: " + "; ".join(problems))
+    model.compile()
 
 
 def build_optimizer(model: nn.Module, param_groups: Sequence[dict[str, Any]] | None, config: FitConfig) -> torch.optim.AdamW:
@@ -119,6 +145,11 @@ def open_epoch(data: Iterable[Any], epoch: int, skip: int, seed: int) -> Iterato
     """
     if hasattr(data, "set_epoch"):
         data.set_epoch(epoch)
+    # On several processes Accelerate wraps a custom batch sampler (core/batching.py) in a
+    # BatchSamplerShard, and its set_epoch does not reach it.
+    wrapped = getattr(getattr(data, "batch_sampler", None), "batch_sampler", None)
+    if hasattr(wrapped, "set_epoch"):
+        wrapped.set_epoch(epoch)
     source: Iterable[Any] = data
     if skip and _is_accelerate_loader(data):
         from accelerate import skip_first_batches

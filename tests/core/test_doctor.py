@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from scalpel.core import doctor
 from scalpel.core.cli import main
 
@@ -94,3 +96,19 @@ def test_cuda_devices_are_listed_with_name_memory_and_bf16(monkeypatch):
     text = doctor.format_report(report)
     assert "cuda:0  NVIDIA H200  141.0 GiB  compute 9.0" in text
     assert "bf16 yes" in text
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (frozenset({"avx2", "avx512_bf16", "amx_bf16"}), "native (AMX-BF16): --mixed-precision auto trains in bf16"),
+    (frozenset({"avx2", "fma"}), "emulated (no AMX-BF16 or AVX512-BF16"),
+])
+def test_doctor_says_whether_the_cpu_runs_bf16_natively(monkeypatch, flags, expected):
+    import torch
+
+    import scalpel.core.fit.precision as precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "read_cpu_flags", lambda *a: flags)
+    report = doctor.diagnose()
+    if report.device["kind"] == "cpu":  # not on a Mac with MPS
+        assert expected in doctor.format_report(report)
