@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from scalpel.core.errors import AdapterError, CheckpointError
-from scalpel.core.files import failpoint, read_json, read_safetensors, write_json, write_safetensors
+from scalpel.core.files import failpoint, fsync_dir, read_json, read_safetensors, write_json, write_safetensors
 
 TRAINABLE_FILE = "trainable.safetensors"
 TENSORS_FILE = "state.safetensors"
@@ -134,7 +134,7 @@ def save_checkpoint(root: Path, step: int, trainable: dict[str, torch.Tensor], s
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     return final
 
 
@@ -170,16 +170,3 @@ def prune_checkpoints(root: Path, keep: int) -> None:
     if keep > 0:
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -193,7 +193,7 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     stage.mkdir()
     try:
         yield stage
-        _fsync_dir(stage)
+        fsync_dir(stage)
         failpoint(target.name)  # e.g. "adapter": written whole beside the old one, not yet swapped in
         replace_folder(stage, target)
     except BaseException:
@@ -218,7 +218,7 @@ def replace_folder(new: Path, target: Path) -> None:
         os.rename(target, aside)
         os.rename(new, target)
         shutil.rmtree(aside, ignore_errors=True)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def recover_folder(target: str | os.PathLike) -> None:
@@ -302,7 +302,8 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make renames in ``folder`` durable: its entry list is flushed to disk (POSIX only)."""
     # The renames are durable once the parent folder's entry list is on disk (POSIX only).
     try:
         fd = os.open(folder, os.O_RDONLY)
