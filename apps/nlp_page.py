@@ -111,11 +111,17 @@ def sentiment_page() -> None:
     run = pick_run(("nlp.sentiment",), "nlp.sentiment", key="run_sentiment")
     if run is None:
         return
+    st.button("Try held-out review snippets", key="sentiment_try", on_click=_fill_examples, args=(run,),
+              help="Snippets of the run's own test split (never trained on), with their labels in the corpus")
     text = st.text_area("Text (one per line)", key="sentiment_text")
     upload = st.file_uploader("...or a CSV file", type=None, key="sentiment_csv",
                               help=f"A CSV with a header row; at most {MAX_UPLOAD_MB} MB")
     column = st.text_input("Text column", value=run.extra.get("text_column", "text"), key="sentiment_column")
-    if not st.button("Classify", key="sentiment_go"):
+    others = compare_choices(run)
+    compare_with = st.multiselect("Compare with other adapters of this base (one mixed-adapter pass)", list(others),
+                                  key="sentiment_compare") if others else []
+    clicked = st.button("Classify", key="sentiment_go")
+    if not (clicked or st.session_state.pop("sentiment_auto", False)):
         return
     with friendly_errors("Cannot classify"):
         texts = [t for t in text.splitlines() if t.strip()]
@@ -126,11 +132,55 @@ def sentiment_page() -> None:
         if not texts:
             st.warning("Type a text or upload a CSV first.")
             return
-        with st.spinner("Loading the model..."):
-            model, tokenizer = sentiment_model(run)
-        rows = classify(model, tokenizer, texts, run.extra)
+        truth = st.session_state.get("sentiment_truth", {})
+        if compare_with:
+            rows = compare_rows([run, *(others[n] for n in compare_with)], texts, truth)
+        else:
+            with st.spinner("Loading the model..."):
+                model, tokenizer = sentiment_model(run)
+            rows = [{**r, **({"true label": truth[r["text"]]} if r["text"] in truth else {})}
+                    for r in classify(model, tokenizer, texts, run.extra)]
         st.dataframe(rows, hide_index=True, key="sentiment_results")
         st.download_button("Download results (CSV)", to_csv(rows), file_name="sentiment.csv", mime="text/csv")
+
+
+def _fill_examples(run: RunInfo) -> None:
+    """The one-click examples: fill the text box with held-out snippets and classify them."""
+    from scalpel.apps.examples import sentiment_examples
+
+    with friendly_errors("Cannot load the examples"):
+        examples = sentiment_examples(run)
+        st.session_state["sentiment_text"] = "\n".join(t for t, _ in examples)
+        st.session_state["sentiment_truth"] = dict(examples)
+        st.session_state["sentiment_auto"] = True
+
+
+def compare_choices(run: RunInfo) -> dict[str, RunInfo]:
+    """The other sentiment runs on the same base and labels as ``run``, by name."""
+    from scalpel.apps.runs import find_runs
+
+    runs, _ = find_runs(st.session_state.get("runs_dir") or ".", ("nlp.sentiment",))
+    same = lambda r: r.base_model == run.base_model and r.extra.get("label_names") == run.extra.get("label_names")  # noqa: E731
+    return {r.name: r for r in runs if r.name != run.name and same(r)}
+
+
+def compare_rows(runs: list[RunInfo], texts: list[str], truth: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per text: the label and score of every adapter, from one mixed-adapter pass
+    (:func:`scalpel.nlp.sentiment.compare.compare`; adapters that cannot share a batch run one by one)."""
+    from scalpel.nlp.sentiment.compare import compare
+
+    with st.spinner(f"Comparing {len(runs)} adapters..."):
+        per_adapter = compare([r.adapter_dir for r in runs], texts, {})
+    methods = [r.method for r in runs]
+    heads = [m if methods.count(m) == 1 else r.name for m, r in zip(methods, runs)]
+    rows = []
+    for i, text in enumerate(texts):
+        row: dict[str, Any] = {"text": text, **({"true label": truth[text]} if text in truth else {})}
+        for head, results in zip(heads, per_adapter):
+            row[f"{head}: label"] = results[i]["label"]
+            row[f"{head}: score"] = round(results[i]["score"], 4)
+        rows.append(row)
+    return rows
 
 
 @cached
@@ -172,7 +222,13 @@ def chat_page() -> None:
     for message in history:
         with st.chat_message(message["role"]):
             st.markdown(message["content"])
-    prompt = st.chat_input("Say something", key="chat_input")
+    examples = chat_examples_for(run)
+    columns = st.columns(len(examples))
+    for k, (column, example) in enumerate(zip(columns, examples)):
+        label = example.strip().splitlines()[-1][:60]  # the part that differs (a shared instruction comes first)
+        if column.button(label, key=f"chat_example_{k}", help=f"One-click example prompt:\n\n{example}"):
+            st.session_state["chat_pending"] = example
+    prompt = st.chat_input("Say something", key="chat_input") or st.session_state.pop("chat_pending", None)
     if not prompt:
         return
     with st.chat_message("user"):
@@ -186,6 +242,12 @@ def chat_page() -> None:
             answer = st.write_stream(stream_reply(model, tokenizer, messages, max_new_tokens=max_new, temperature=temperature,
                                                   top_p=top_p, top_k=top_k))
         history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(answer or "").strip()}]
+
+
+def chat_examples_for(run: RunInfo) -> list[str]:
+    from scalpel.apps.examples import chat_examples
+
+    return chat_examples(run)
 
 
 def main() -> None:

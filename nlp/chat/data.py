@@ -19,15 +19,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scalpel.core.batching import LengthGroupedBatches, padding_summary
 from scalpel.core.errors import ConfigError, DataError
 from scalpel.nlp.chat.template import check_messages, tokenize_conversation
-from scalpel.nlp.tables import read_table
+from scalpel.nlp.tables import read_table, read_text_file
 
 IGNORE = -100
 
 
 def read_conversations(path: str | Path, messages_column: str = "messages", prompt_column: str = "prompt",
-                       response_column: str = "response", system_prompt: str = "") -> list[list[dict[str, str]]]:
+                       response_column: str = "response", system_prompt: str = "", encoding: str = "utf-8") -> list[list[dict[str, str]]]:
     """Conversations from a JSONL file of ``{"messages": [...]}`` lines, or from any table
     (CSV/JSONL/Parquet/datasets folder) with prompt and response columns."""
     path = Path(path)
@@ -35,7 +36,7 @@ def read_conversations(path: str | Path, messages_column: str = "messages", prom
         raise DataError(f"conversation file {path} does not exist; check the path")
     conversations = []
     if path.suffix.lower() in (".jsonl", ".json") and path.is_file():
-        lines = [(i, line) for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        lines = [(i, line) for i, line in enumerate(read_text_file(path, encoding).splitlines(), 1) if line.strip()]
         records = []
         for i, line in lines:
             try:
@@ -50,7 +51,7 @@ def read_conversations(path: str | Path, messages_column: str = "messages", prom
             found = sorted({k for _, r in records if isinstance(r, dict) for k in r})
             raise DataError(f"{path}: each line needs a {messages_column!r} list or {prompt_column!r}/{response_column!r} "
                             f"fields; columns found: {found}. Set messages_column or prompt_column/response_column")
-    table = read_table(path, prompt_column, response_column, on_bad_rows="error")
+    table = read_table(path, prompt_column, response_column, on_bad_rows="error", encoding=encoding)
     for prompt, response in zip(table.texts, table.labels or []):
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(response)}]
         conversations.append(_with_system(messages, system_prompt))
@@ -139,27 +140,33 @@ def packed_batch(rows: list[list[dict[str, list[int]]]], pad_id: int) -> dict[st
 
 
 class ConversationBatches:
-    """A re-iterable list of batches with ``len()`` (what ``fit`` needs), reshuffled per epoch by ``fit``."""
+    """A re-iterable of batches with ``len()`` (what ``fit`` needs). Packed rows are fixed; padded
+    batches come from :class:`~scalpel.core.batching.LengthGroupedBatches` (shuffled groups of
+    similar length, ``group_by_length``; else plain shuffling), reordered per epoch by ``fit``
+    through :meth:`set_epoch`, so the order is a function of (seed, epoch)."""
 
     def __init__(self, examples: list[dict[str, list[int]]], batch_size: int, pad_id: int, *, packing: bool = False,
-                 max_length: int = 512, seed: int = 0):
+                 max_length: int = 512, seed: int = 0, group_by_length: bool = True):
+        self.examples, self.pad_id, self.sampler = examples, pad_id, None
         if packing:
             rows = pack_examples(examples, max_length, seed)
             self.batches = [packed_batch(rows[i:i + batch_size], pad_id) for i in range(0, len(rows), batch_size)]
         else:
-            order = list(range(len(examples)))
-            random.Random(seed).shuffle(order)
-            # sort within windows of 50 batches by length so padding stays small
-            window = batch_size * 50
-            order = [j for k in range(0, len(order), window) for j in sorted(order[k:k + window], key=lambda i: len(examples[i]["input_ids"]))]
-            self.batches = [pad_batch([examples[j] for j in order[i:i + batch_size]], pad_id)
-                            for i in range(0, len(order), batch_size)]
+            lengths = [len(e["input_ids"]) for e in examples]
+            self.sampler = LengthGroupedBatches(lengths, batch_size, seed, group_batches=None if group_by_length else 1)
+            self.padding = padding_summary(lengths, batch_size, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.batches) if self.sampler is None else len(self.sampler)
 
     def __iter__(self):
-        return iter(self.batches)
+        if self.sampler is None:
+            return iter(self.batches)
+        return (pad_batch([self.examples[i] for i in batch], self.pad_id) for batch in self.sampler)
 
 
 def check_packing_support(model: torch.nn.Module, vocab_size: int, atol: float = 1e-4) -> None:

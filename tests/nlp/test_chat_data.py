@@ -153,3 +153,22 @@ def test_streaming_stops_at_end_of_turn(tiny_llama_dir, tokenizer):
     assert "".join(pieces).strip() == "hello how are you"
     assert len([p for p in pieces if p]) >= 2  # streamed, not returned at the end in one piece
     assert len(calls) == len(words) + 1  # stopped right after the end-of-turn token
+
+
+def test_padded_batches_are_length_grouped_and_reshuffled_per_epoch():
+    # token ids stand in for tokenised conversations: 400 of lengths 2..41 (100 batches of 4)
+    examples = [{"input_ids": [5] * (2 + i % 40), "labels": [5] * (2 + i % 40)} for i in range(400)]
+    batches = ConversationBatches(examples, 4, pad_id=0, seed=3)
+    plain = ConversationBatches(examples, 4, pad_id=0, seed=3, group_by_length=False)
+    seen = []
+    for epoch in (0, 1):
+        batches.set_epoch(epoch)
+        seen.append([tuple(b["attention_mask"].sum(1).tolist()) for b in batches])
+        assert sorted(n for b in seen[-1] for n in b) == sorted(2 + i % 40 for i in range(400))
+        assert len(seen[-1]) == len(batches) == 100
+    assert seen[0] != seen[1]  # a new order every epoch, fixed by (seed, epoch)
+    assert batches.padding["padding_share_grouped"] < batches.padding["padding_share_shuffled"]
+    pads = lambda bs: sum(int((b["attention_mask"] == 0).sum()) for b in bs)  # noqa: E731
+    plain.set_epoch(0)
+    batches.set_epoch(0)
+    assert pads(batches) < pads(plain) / 2

@@ -1,4 +1,5 @@
-"""nlp.chat end to end on a tiny Llama: adapter + template out, loss drops, predict streams a reply."""
+"""nlp.chat end to end on a tiny Llama: adapter + template out, loss drops, held-out answers
+scored before/after (answers.jsonl), predict streams a reply."""
 
 from __future__ import annotations
 
@@ -37,11 +38,17 @@ def test_chat_end_to_end(tmp_path, tiny_llama_dir, packing, capsys):
     for name in ("scalpel.json", "adapter_model.safetensors", "tokenizer_config.json"):
         assert (adapter / name).is_file(), name
     assert load_chat_tokenizer(str(adapter)).chat_template == json.loads((adapter / "scalpel.json").read_text())["extra"]["chat_template"]
-    assert [set(s) for s in result.extras["samples"]] == [{"prompt", "reference", "reply"}]
+    assert [set(s) for s in result.extras["samples"]] == [{"prompt", "reference", "before", "reply"}]
+    for key in ("exact_match", "token_f1", "rouge_l", "answer_format"):  # four distinct replies: a closed answer set
+        assert 0 <= result.before[key] <= 1 and 0 <= result.after[key] <= 1, key
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 5 and {"prompt", "reference", "before", "after", "before_scores", "after_scores"} <= set(answers[0])
+    assert sum(a["after_scores"]["exact_match"] for a in answers) / 5 == pytest.approx(result.after["exact_match"])
     assert result.adapter_bytes == adapter_bytes(adapter)  # the tokenizer travels with the adapter and counts
     assert result.adapter_bytes > (adapter / "adapter_model.safetensors").stat().st_size + (adapter / "tokenizer_config.json").stat().st_size
     report = (out / "report.md").read_text()
-    assert "held-out assistant-token loss: before" in report and "Sample replies" in report
+    assert "held-out assistant-token loss: before" in report and "exact_match: before" in report
+    assert "Held-out answers before and after tuning" in report
     assert RunResult.read(out) == result
     if not packing:
         code = main(["predict", "nlp.chat", "--adapter", str(adapter), "--option", "temperature=0", "--option",
@@ -70,6 +77,7 @@ def test_pipeline_is_published():
 def test_settings_are_flag_names_and_quick_keeps_its_sizes():
     quick = PIPELINE.settings(quick=True)
     assert (quick.options.base_steps, quick.options.max_length, quick.options.max_train_samples) == (80, 128, 400)
+    assert (quick.options.corpus, quick.options.eval_prompts) == ("reviews", 64)
     assert quick.train.epochs == 1
     plain = PIPELINE.settings()
     assert (plain.method.r, plain.method.alpha, plain.train.schedule, plain.train.lr) == (16, 32.0, "cosine", 2e-4)

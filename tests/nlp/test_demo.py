@@ -12,7 +12,7 @@ from scalpel.nlp.demo import METHODS, DemoSize, run_demo
 KEYS = {"domain", "task", "model", "method", "metric", "before", "after", "trainable", "total", "train_seconds",
         "adapter_bytes", "run_dir", "curve", "examples"}
 TINY = DemoSize(train_texts=32, eval_texts=24, max_length=24, epochs=1, batch_size=16, base_steps=30, chat_steps=8,
-                chat_max_length=64, samples=1)
+                chat_max_length=64, samples=1, chat_prompts=16)
 
 
 @pytest.mark.integration
@@ -32,8 +32,11 @@ def test_quick_demo_rows(tmp_path):
     assert trainable["full"] > trainable["layerwise"] > trainable["lora"] > trainable["sparse"]  # density 1 % < rank 8 < 2 blocks < all
     assert trainable["lora"] < trainable["full"] / 10
     chat = rows[-1]
-    assert chat["metric"] == "held-out assistant-token loss" and chat["after"] < chat["before"]
-    assert "model:" in chat["examples"][0]["text"]
+    assert chat["metric"] == "held-out answer accuracy" and 0 <= chat["before"] <= 1 and 0 <= chat["after"] <= 1
+    assert set(chat["answer_format"]) == {"before", "after"} and 0.3 < chat["majority"] < 0.7  # balanced review answers
+    assert chat["held_out_loss"]["after"] < chat["held_out_loss"]["before"]
+    assert "before:" in chat["examples"][0]["text"] and "after:" in chat["examples"][0]["text"]
+    assert len((Path(chat["run_dir"]) / "answers.jsonl").read_text().splitlines()) == TINY.chat_prompts
     assert (tmp_path / "nlp" / "report.md").read_text().count("| sentiment |") == len(METHODS)
     assert json.loads((tmp_path / "nlp" / "results.json").read_text())[0]["method"] == METHODS[0]
     # a rerun into the same folder replaces the earlier runs instead of refusing them
