@@ -47,6 +47,7 @@ from scalpel.medical.dicom.annex_e import (
     resolve,
 )
 from scalpel.medical.dicom.deid_keys import KeyFileError, Pseudonyms, read_key_file  # noqa: F401  (part of this module's API)
+from scalpel.medical.dicom.deid_raw import left_alone
 
 #: Non-zero-length dummy values for the D action, by VR.
 _DUMMY = {
@@ -133,7 +134,7 @@ def deidentify_dataset(ds: Dataset, options: DeidOptions, pseudonyms: Pseudonyms
     A file meta group, if ``ds`` has one, is replaced by one rebuilt from the de-identified data set.
     """
     patient = str(ds.get("PatientID", "") or "") or str(ds.get("PatientName", "") or "")
-    context = _Context(options, pseudonyms, patient, _identifying_strings(ds))
+    context = _Context(options, pseudonyms, patient, _identifying_strings(ds) if options.clean_descriptors else [])
     changes: list[Change] = []
     _walk(ds, context, changes)
     pseudonym = pseudonyms.patient(patient)
@@ -189,8 +190,15 @@ class _Context:
 
 
 def _walk(ds: Dataset, ctx: _Context, changes: list[Change]) -> None:
-    for elem in list(ds):
-        tag = int(elem.tag)
+    for tag in sorted(ds.keys()):
+        tag = int(tag)
+        if tag >> 16 & 1 and not ctx.safe:  # private, and none is kept
+            del ds[tag]
+            changes.append(Change(_tag_text(tag), "", "private-removed"))
+            continue
+        if left_alone(ds.get_item(tag), tag):  # never decoded: written back byte for byte
+            continue
+        elem = ds[tag]
         if elem.tag.is_private:
             if not _is_safe_private(elem, ctx.safe):
                 del ds[elem.tag]

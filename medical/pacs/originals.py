@@ -59,10 +59,10 @@ def unseal(key: str, token: str) -> dict:
     return json.loads(bytes(a ^ b for a, b in zip(cipher, _stream(enc, nonce, len(cipher)))))
 
 
-def originals_of(ds: Dataset) -> dict:
-    """The original UIDs and attributes of one instance, read before it is de-identified."""
+def originals_of(ds: Dataset, with_attrs: bool = True) -> dict:
+    """The original UIDs and attributes (None unless ``with_attrs``) of one instance, read before it is de-identified."""
     uids = [str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID")]
-    attrs = {k: str(ds.get(k, "") or "") for k in RESTORED}
+    attrs = {k: str(ds.get(k, "") or "") for k in RESTORED} if with_attrs else None
     return {"uids": [u for u in uids if u], "attrs": attrs}
 
 

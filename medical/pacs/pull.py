@@ -3,15 +3,17 @@
     pacs = DicomWebPacs(PacsConnection("https://pacs/dicom-web", auth=PacsAuth.from_environment()))
     report = pull(pacs, PacsQuery(patient_id="PID-1", modality="CT"), "site_b/images", deid=DeidOptions(key=key))
 
-For each series: the PACS lists its instances (paged); those already on disk are skipped (a
-rerun resumes); the rest are fetched by ``workers`` threads, each streaming one instance to a
-temporary file at a time, checked (the UID asked for, pixel data whole), de-identified when asked, and written
-atomically. A series of more than ``workers`` missing instances is first asked for in one request
-(streamed part by part to disk); if that breaks off, the rest comes instance by instance with
-retries. Afterwards the PACS counts the series again (and lists it again when the count moved or
-it cannot count): an instance added or removed meanwhile raises :class:`SeriesChangedError`, and a
-series is reported complete only when every listed instance is on disk and the list agrees with
-the count the PACS gave for the series.
+For each series none of which is on disk yet (over DICOMweb, more than ``workers`` instances):
+the PACS counts it (series-level QIDO, cheap), it comes in one request, streamed part by part to
+disk, each instance checked (of this series, whole) and de-identified when asked by ``workers``
+threads while the rest arrives, and written atomically; the PACS counts it again. When the answer
+was whole and the count before, the count after and the instances received agree, the UIDs
+received are the series: no instance list is asked for (Orthanc answers one by reading every
+stored file). Otherwise, and for a series partly on disk (a rerun resumes), the PACS lists the
+instances (paged) once; those missing are fetched instance by instance with retries, and the
+series is counted again (and listed again when the count moved). An instance added or removed
+meanwhile raises :class:`SeriesChangedError`; a series is reported complete only when every
+instance known is on disk and agrees with the count the PACS gave for the series.
 """
 
 from __future__ import annotations
@@ -105,87 +107,121 @@ def pull(pacs: Pacs, query: PacsQuery, out: str | Path, *, deid: DeidOptions | N
 def pull_series(pacs: Pacs, ref: SeriesRef, sink: InstanceSink, *, workers: int = 4,
                 on_instance: Callable[[SeriesRef, str], None] | None = None) -> SeriesPull:
     """Pull one series into ``sink``; see :func:`pull`."""
-    listed = pacs.instance_uids(ref.study_uid, ref.series_uid)
-    if not listed:
-        raise PacsNotFoundError(f"series {ref.series_uid} of study {ref.study_uid} has no instances on the PACS; check the UIDs")
-    if len(set(listed)) != len(listed):
-        raise IncompleteSeriesError(f"the PACS lists some instances of series {ref.series_uid} twice; its paging is "
-                                    "inconsistent (the series may be changing): run the pull again")
     sink.clean_partial(ref)
+    stream = getattr(pacs, "stream_series", None)
+    count = getattr(pacs, "instance_count", lambda _: None)
+    # Listing a series costs Orthanc a read of every stored file; counting it is cheap. A series none
+    # of which is on disk is streamed whole without a list, and its UIDs are learnt as they arrive.
+    before = count(ref) if stream is not None and not sink.has_any(ref) else None
+    unlisted = before is not None and before > max(1, workers)
+    listed = [] if unlisted else _listed(pacs, ref)
     todo = [uid for uid in listed if not sink.have(ref, uid)]
-    log.info("series %s: %d instance(s), %d on disk already", sink.uid(ref.series_uid), len(listed), len(listed) - len(todo))
+    on_disk = len(listed) - len(todo)
+    log.info("series %s: %s instance(s), %d on disk already", sink.uid(ref.series_uid), before if unlisted else len(listed), on_disk)
     written = 0
-    pending = set(todo)
-
+    received: set[str] = set()
     lock = threading.Lock()
 
-    def done(sop_uid: str, size: int) -> None:
+    def accept(path: Path, expected: set[str] | None) -> None:
         nonlocal written
+        try:
+            sop_uid, size = sink.accept(path, ref, expected)
+        finally:
+            path.unlink(missing_ok=True)
         with lock:
             written += size
-            pending.discard(sop_uid)
+            received.add(sop_uid)
         if on_instance is not None:
             on_instance(ref, sop_uid)
 
-    def accept(received: Path, expected: set[str]) -> None:
-        try:
-            done(*sink.accept(received, ref, expected))
-        finally:
-            received.unlink(missing_ok=True)
-
-    stream = getattr(pacs, "stream_series", None)
-    if stream is not None and len(todo) > max(1, workers):  # one request for the series beats one per instance
-        expected = set(todo)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # checks and de-identification overlap the transfer
-            checking: list[Future] = []
-
-            def hand_over(received: Path) -> None:
-                checking.append(pool.submit(accept, received, expected))
-                while len(checking) > workers:  # at most `workers` instances wait on disk to be checked
-                    checking.pop(0).result()
-
-            try:
-                stream(ref, lambda: sink.temporary(ref), hand_over)
-            except PacsError as err:
-                if type(err) is not PacsError:  # refused, not DICOM, changed: no point in going on
-                    raise
-                log.info("series %s: the series request broke off (%s); fetching the missing instance(s) one by one",
-                         sink.uid(ref.series_uid), err)
-            finally:
-                for future in checking:
-                    future.result()
+    whole = False
+    if stream is not None and (unlisted or len(todo) > max(1, workers)):  # one request for the series beats one per instance
+        whole = _stream(stream, ref, sink, None if unlisted else set(todo), accept, workers)
+    checked = False
+    if unlisted:
+        after = count(ref)
+        if whole and before == after == len(received):
+            listed, checked = sorted(received), True
+        else:  # cut, or the counts disagree: list the series once, to fetch what is missing or say what changed
+            listed = _listed(pacs, ref)
+            if after != before:
+                _changed(sink, ref, max((after or 0) - before, 0), max(before - (after or 0), 0))
+            gone = received - set(listed)
+            if gone:
+                _changed(sink, ref, len(gone), len(gone))
+    todo = [uid for uid in listed if uid not in received and not sink.have(ref, uid)]
 
     def fetch(sop_uid: str) -> None:
-        received = sink.temporary(ref, sop_uid)
+        path = sink.temporary(ref, sop_uid)
         try:
-            pacs.fetch_to(ref, sop_uid, received)
+            pacs.fetch_to(ref, sop_uid, path)
         except PacsNotFoundError as err:
-            received.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             raise SeriesChangedError(f"instance {sink.uid(sop_uid)} of series {sink.uid(ref.series_uid)} was listed by the "
                                      "PACS and is gone now: the series changed during the pull; run it again once the "
                                      "series is stable (what is on disk is kept)") from err
-        accept(received, {sop_uid})
+        accept(path, {sop_uid})
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(fetch, [uid for uid in todo if uid in pending]))
-    # Listing a series costs the PACS a read of every instance; its count is cheap. List again only
-    # when the count moved (or the PACS cannot count), to say what changed.
-    count = getattr(pacs, "instance_count", lambda _: None)(ref)
-    now = set(listed) if count == len(listed) else set(pacs.instance_uids(ref.study_uid, ref.series_uid))
-    if now != set(listed) or (count is not None and count != len(now)):
-        added, removed = len(now - set(listed)), len(set(listed) - now)
-        raise SeriesChangedError(f"series {sink.uid(ref.series_uid)} changed during the pull ({added} instance(s) added, "
-                                 f"{removed} removed on the PACS): what is on disk is not the series as it is now; run "
-                                 "the pull again once the series is stable, it fetches only what is missing")
+        list(pool.map(fetch, todo))
+    if not checked:  # list again only when the count moved (or the PACS cannot count), to say what changed
+        counted = count(ref)
+        now = set(listed) if counted == len(listed) else set(pacs.instance_uids(ref.study_uid, ref.series_uid))
+        if now != set(listed) or (counted is not None and counted != len(now)):
+            _changed(sink, ref, len(now - set(listed)), len(set(listed) - now))
     sink.finish_series(ref, listed)
     missing = [uid for uid in listed if not sink.have(ref, uid)]
     count_agrees = ref.instances is None or ref.instances == len(listed)
     if not count_agrees:
         log.warning("series %s: the PACS counts %d instances but lists %d", sink.uid(ref.series_uid), ref.instances, len(listed))
     pulled = SeriesPull(sink.uid(ref.study_uid), sink.uid(ref.series_uid), ref.modality, sink.folder(ref), len(listed),
-                        len(todo), len(listed) - len(todo), written, complete=not missing and count_agrees)
+                        len(received), on_disk, written, complete=not missing and count_agrees)
     if not pulled.complete:
         raise IncompleteSeriesError(f"series {pulled.series_uid} is partial: {len(missing)} of {len(listed)} instance(s) "
                                     f"missing on disk{'' if count_agrees else f', and the PACS counts {ref.instances}'}; "
                                     "run the pull again")
     return pulled
+
+
+def _listed(pacs: Pacs, ref: SeriesRef) -> list[str]:
+    """The SOP UIDs the PACS lists for the series, checked: not empty, none twice."""
+    listed = pacs.instance_uids(ref.study_uid, ref.series_uid)
+    if not listed:
+        raise PacsNotFoundError(f"series {ref.series_uid} of study {ref.study_uid} has no instances on the PACS; check the UIDs")
+    if len(set(listed)) != len(listed):
+        raise IncompleteSeriesError(f"the PACS lists some instances of series {ref.series_uid} twice; its paging is "
+                                    "inconsistent (the series may be changing): run the pull again")
+    return listed
+
+
+def _changed(sink: InstanceSink, ref: SeriesRef, added: int, removed: int) -> None:
+    raise SeriesChangedError(f"series {sink.uid(ref.series_uid)} changed during the pull ({added} instance(s) added, "
+                             f"{removed} removed on the PACS): what is on disk is not the series as it is now; run "
+                             "the pull again once the series is stable, it fetches only what is missing")
+
+
+def _stream(stream, ref: SeriesRef, sink: InstanceSink, expected: set[str] | None,
+            accept: Callable[[Path, set[str] | None], None], workers: int) -> bool:
+    """Retrieve the series in one request, each instance checked (and de-identified) by ``workers``
+    threads while the rest arrives; ``expected`` the SOP UIDs asked for, None for any of the series.
+    Whether the answer came whole (False: it broke off, and the caller fetches what is missing)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # checks and de-identification overlap the transfer
+        checking: list[Future] = []
+
+        def hand_over(path: Path) -> None:
+            checking.append(pool.submit(accept, path, expected))
+            while len(checking) > workers:  # at most `workers` instances wait on disk to be checked
+                checking.pop(0).result()
+
+        try:
+            stream(ref, lambda: sink.temporary(ref), hand_over)
+            return True
+        except PacsError as err:
+            if type(err) is not PacsError:  # refused, not DICOM, changed: no point in going on
+                raise
+            log.info("series %s: the series request broke off (%s); fetching the missing instance(s) one by one",
+                     sink.uid(ref.series_uid), err)
+            return False
+        finally:
+            for future in checking:
+                future.result()

@@ -11,6 +11,7 @@ a salted check of the key, never the key) makes sure a rerun continues the same 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import secrets
@@ -50,6 +51,8 @@ class InstanceSink:
         self.pseudonyms = Pseudonyms(deid.key, deid.max_date_shift_days) if deid is not None else None
         self._originals: dict[str, dict] = {}  # original series UID -> originals seen this run (de-identified pulls)
         self._lock = threading.Lock()
+        self._made: set[Path] = set()
+        self._numbers = itertools.count()  # names for temporary files (next() on a count is atomic)
         self._open_state()
 
     def uid(self, original: str) -> str:
@@ -63,7 +66,24 @@ class InstanceSink:
         return self.folder(ref) / f"{self.uid(sop_uid)}.dcm"
 
     def have(self, ref: SeriesRef, sop_uid: str) -> bool:
-        return self.target(ref, sop_uid).is_file()
+        """Whether the instance is on disk and whole. Files are renamed into place without an fsync
+        each, so after a power loss one may be empty or torn: such a file is removed and pulled again."""
+        target = self.target(ref, sop_uid)
+        if not target.is_file():
+            return False
+        try:
+            ds = pydicom.dcmread(target, defer_size="4 KB")
+            whole = integrity_problem(ds, file_size=target.stat().st_size) is None
+        except (InvalidDicomError, *_READ_ERRORS):
+            whole = False
+        if not whole:
+            target.unlink(missing_ok=True)
+        return whole
+
+    def has_any(self, ref: SeriesRef) -> bool:
+        """Whether any instance of the series is on disk (from an earlier run)."""
+        folder = self.folder(ref)
+        return folder.is_dir() and next(folder.glob("[!.]*.dcm"), None) is not None
 
     def clean_partial(self, ref: SeriesRef) -> None:
         """Remove temporary files an interrupted write left in the series folder."""
@@ -75,13 +95,15 @@ class InstanceSink:
     def temporary(self, ref: SeriesRef, sop_uid: str = "") -> Path:
         """A hidden file in the series folder to receive an instance (removed by :meth:`clean_partial`)."""
         folder = self.folder(ref)
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / f".{self.uid(sop_uid) if sop_uid else 'instance'}.{secrets.token_hex(4)}.tmp"
+        if folder not in self._made:  # once per series: a mkdir per instance cost as much as receiving it
+            folder.mkdir(parents=True, exist_ok=True)
+            self._made.add(folder)
+        return folder / f".{self.uid(sop_uid) if sop_uid else 'instance'}.{os.getpid()}-{next(self._numbers)}.tmp"
 
-    def accept(self, received: Path, ref: SeriesRef, expected: Collection[str]) -> tuple[str, int]:
-        """Check the file ``received`` is one of the instances ``expected`` (original SOP UIDs) and
-        whole, de-identify it when asked, and put it in place; its SOP UID and the bytes now on
-        disk. ``received`` is consumed.
+    def accept(self, received: Path, ref: SeriesRef, expected: Collection[str] | None) -> tuple[str, int]:
+        """Check the file ``received`` is one of the instances ``expected`` (original SOP UIDs; None:
+        any instance of the series) and whole, de-identify it when asked, and put it in place; its
+        SOP UID and the bytes now on disk. ``received`` is consumed.
 
         Without de-identification a Part 10 file is renamed into place as received (the PACS's
         bytes, never re-encoded, and never held in memory); with it, the instance is read, the
@@ -92,10 +114,13 @@ class InstanceSink:
         except (InvalidDicomError, *_READ_ERRORS) as err:
             raise NotDicomAnswerError(f"the PACS answered with something that is not a readable DICOM file ({type(err).__name__}); check the URL and any proxy in between") from err
         sop_uid, series_uid = str(ds.get("SOPInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
-        if sop_uid not in expected and len(expected) == 1:
-            raise NotDicomAnswerError(f"asked for instance {self.uid(next(iter(expected)))}, the PACS sent another object; "
-                                      "the server or a proxy in between answers wrongly")
-        if sop_uid not in expected:
+        if not sop_uid:
+            raise NotDicomAnswerError("the PACS sent an object without a SOP Instance UID; the server or a proxy in "
+                                      "between answers wrongly")
+        if expected is not None and sop_uid not in expected:
+            if len(expected) == 1:
+                raise NotDicomAnswerError(f"asked for instance {self.uid(next(iter(expected)))}, the PACS sent another "
+                                          "object; the server or a proxy in between answers wrongly")
             raise SeriesChangedError(f"the PACS sent instance {self.uid(sop_uid)}, which it did not list for series "
                                      f"{self.uid(ref.series_uid)}: the series changed during the pull; run it again once it is stable")
         if series_uid != ref.series_uid:
@@ -111,15 +136,22 @@ class InstanceSink:
         if self.deid is not None:
             with self._lock:
                 seen = self._originals.setdefault(ref.series_uid, {"uids": set(), "attrs": None})
-                found = originals_of(ds)
+                found = originals_of(ds, with_attrs=seen["attrs"] is None)  # the attributes of one instance are kept
                 seen["uids"].update(found["uids"])
                 seen["attrs"] = seen["attrs"] or found["attrs"]
             if str(ds.get("BurnedInAnnotation", "")).upper() == "YES" and not self.deid.allow_burned_in_annotation:
                 raise ScalpelError(f"instance {self.uid(sop_uid)} is flagged BurnedInAnnotation=YES: its pixels carry text "
                                    "that may identify the patient; check the images and pass --allow-burned-in to pull them")
             deidentify_dataset(ds, self.deid, self.pseudonyms)
-        with atomic_write(target) as handle:
-            as_part10(ds).save_as(handle, enforce_file_format=True)
+        # Written to a new temporary file and renamed into place, like an instance taken as received:
+        # a half-written file is never the target. No fsync per instance (it cost more than the pull of
+        # a slice): after a power loss a rerun finds a torn file by its integrity check (`have`) and pulls it again.
+        written = self.temporary(ref, sop_uid)
+        try:
+            as_part10(ds).save_as(written, enforce_file_format=True)
+            os.replace(written, target)
+        finally:
+            written.unlink(missing_ok=True)
         received.unlink(missing_ok=True)
         return sop_uid, target.stat().st_size
 
