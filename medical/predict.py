@@ -228,8 +228,16 @@ def base_for_adapter(meta: dict[str, Any], adapter_dir: Path) -> nn.Module:
 def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
     """``scalpel predict medical.*``: one row per series folder: voxels and millilitres per structure
     (segmentation) or class probabilities (classification). Option ``out=DIR`` writes each label map
-    as ``DIR/<series>.nii.gz`` on the series' own grid (``load_label(path, load_series(series))`` reads it)."""
+    as ``DIR/<series>.nii.gz`` on the series' own grid (``load_label(path, load_series(series))`` reads it).
+    Option ``precision``: ``auto`` (bf16 where the device runs it natively, as ``fit`` trains) or ``no`` (fp32)."""
+    from scalpel.core.fit.precision import inference_autocast
+
     model, extra = load_adapted(adapter_dir)
+    with inference_autocast(str(options.get("precision", "auto")), next(model.parameters()).device):
+        return _predict(model, extra, inputs, options)
+
+
+def _predict(model: nn.Module, extra: dict[str, Any], inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
     if extra["task"] != SEGMENTATION:
         return [_classify(model, extra, folder) for folder in inputs]
     spec, rows = BaseSpec.from_dict(extra), []
@@ -257,7 +265,7 @@ def _classify(model: nn.Module, extra: dict[str, Any], folder: str) -> dict[str,
         image = Compose(preprocessing(classification_preprocess(extra), keys=("image",)))({"image": folder})["image"]
     samples = presence_samples([(folder, image, torch.zeros_like(image, dtype=torch.long))], 1, spatial_dims=dims, size=size)
     with torch.no_grad():
-        probabilities = model(torch.stack([s["image"] for s in samples])).softmax(-1)
+        probabilities = model(torch.stack([s["image"] for s in samples])).float().softmax(-1)
     if dims == 2:  # a volume is positive where its most positive slice is
         top = probabilities[:, 1].max()
         probabilities = torch.stack([1 - top, top])[None]

@@ -41,12 +41,15 @@ def base_for_adapter(meta: dict[str, Any], adapter_dir: Path) -> nn.Module:
 
 
 def predict(adapter_dir: Path, inputs: Sequence[str], options: dict[str, Any]) -> list[dict[str, Any]]:
-    """One result per image path. Options: ``threshold`` (detection, default 0.3)."""
+    """One result per image path. Options: ``threshold`` (detection, default 0.3), ``precision``
+    (``auto``: bf16 where the device runs it natively, as ``fit`` trains; ``no``: fp32)."""
+    from scalpel.core.fit.precision import inference_autocast
+
     model, extra = load_adapted(adapter_dir)
     names, task, size = extra["class_names"], extra["task"], extra["image_size"]
     threshold = float(options.get("threshold", 0.3))
     rows = []
-    with torch.no_grad():
+    with torch.no_grad(), inference_autocast(str(options.get("precision", "auto")), next(model.parameters()).device):
         for path in inputs:
             image = to_image(load_rgb(Path(path)))
             if task == "detection":
@@ -63,7 +66,7 @@ def predict(adapter_dir: Path, inputs: Sequence[str], options: dict[str, Any]) -
                 rows.append({"image": path, "size": size, "pixels": {n: int(c) for n, c in zip(names, counts) if c}})
             else:
                 x = classification_transforms(False, size)(image)
-                probs = model(x[None]).softmax(-1)[0]
+                probs = model(x[None]).float().softmax(-1)[0]
                 top = int(probs.argmax())
                 rows.append({"image": path, "label": names[top], "score": round(float(probs[top]), 4)})
     return rows
