@@ -13,8 +13,14 @@ never pool their data. Per-site Dice on each site's held-out cases, side by side
 Also: bytes a site sends and receives per round, and the simulator's wall time for 3 sites x 3
 rounds (the exact arm, in-process, no sockets).
 
-    python benchmarks/federated.py            # 24^3 volumes, 4 cases per site, 2 seeds (~3 min on 2 cores)
+    python benchmarks/federated.py            # 24^3 volumes, 4 cases per site, 2 seeds (~30 min on a loaded 2-core machine)
     python benchmarks/federated.py --quick    # 16^3 volumes, 3 cases per site, 1 seed
+    python benchmarks/federated.py --timing   # only the simulator timing section (keeps the Dice table)
+
+Timing section: the simulator on 3 sites x 3 rounds with a small stated budget (UNet (4, 8),
+16^3 patches, TIMING_STEPS local steps), side by side with the same sites each trained the same
+total steps in one ``fit`` without federation; the difference is the simulator's overhead
+(per-round fit set-up, adapter load/extract, aggregation, the server's state writes).
 
 Writes docs/benchmarks/federated.md. Within a seed every arm starts from the same base, the same
 splits and the same initial adapter.
@@ -40,6 +46,7 @@ from scalpel.core.federated.simulate import simulate
 from scalpel.core.federated.sites import pipeline_site
 from scalpel.core.federated.tensors import adapter_tensors, tensor_bytes
 from scalpel.core.files import atomic_write
+from scalpel.core.fit import fit
 from scalpel.medical.adapt import BaseSpec, train_base
 from scalpel.medical.segmentation import UNetSpec
 from scalpel.medical.synthetic import SCANNERS, STRUCTURES, write_site
@@ -69,6 +76,8 @@ class Size:
 
 FULL = Size(edge=24, cases=4, seeds=2, base_steps=80, local_steps=10)
 QUICK = Size(edge=16, cases=3, seeds=1, base_steps=30, local_steps=4)
+TIMING = Size(edge=16, cases=3, seeds=1, base_steps=5, local_steps=2)
+TIMING_HEADER = "## Simulator wall time"
 
 
 def one_seed(size: Size, seed: int, root: Path) -> dict:
@@ -129,6 +138,56 @@ def pooled(clients, rounds: int) -> dict[str, float]:
         return {c.site: float(central.task.evaluate(central.model, c.eval_data)["dice"]) for c in clients}
 
 
+def timing(size: Size, root: Path, repeats: int = 3) -> dict:
+    """Wall and CPU seconds of ``simulate`` (3 sites x ``size.rounds`` rounds, exact, with server state
+    writes) and of the same sites trained ``rounds x local_steps`` steps each in one ``fit``, taken
+    alternately ``repeats`` times; the fastest of each is kept (the least disturbed by other load)."""
+    write_site(root / "A", "A", cases=size.cases, shape=(size.edge,) * 3, seed=0)
+    for k, (name, profile) in enumerate(TARGETS.items()):
+        write_site(root / name, profile, cases=size.cases, shape=(size.edge,) * 3, seed=10 * (k + 1))
+    spec = BaseSpec(UNetSpec(out_channels=len(STRUCTURES) + 1, channels=(4, 8), strides=(2,)), STRUCTURES, patch=(size.edge,) * 3)
+    train_base(root / "A", root / "base", spec, steps=size.base_steps, seed=0, progress=False)
+    settings = {"base": str(root / "base"), "method": "lora", "r": size.r, "alpha": 2.0 * size.r, "max_steps": size.local_steps,
+                "lr": 1e-2, "seed": 0, "deidentify": False, "progress": False, "device": "cpu"}
+    started = time.perf_counter()
+    fed = [pipeline_site("medical.segmentation", root / n, root / "fed" / n, settings) for n in TARGETS]
+    build = (time.perf_counter() - started) / len(fed)
+    solo = [pipeline_site("medical.segmentation", root / n, root / "solo" / n, settings) for n in TARGETS]
+    best = {"federated": (float("inf"), 0.0), "plain": (float("inf"), 0.0)}
+    for k in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        simulate(fed, Coordinator("exact", RoundRules(quorum=len(fed)), root / f"server-{k}", total_sites=len(fed)), size.rounds)
+        best["federated"] = min(best["federated"], (time.perf_counter() - wall, time.process_time() - cpu))
+        wall, cpu = time.perf_counter(), time.process_time()
+        for client in solo:  # the same training without federation: one fit of rounds x local steps per site
+            local = dataclasses.replace(client.local, steps=size.rounds * size.local_steps)
+            fit(client.model, client.task, client.train_data, None, local.fit_config(client.work_dir / "plain", 1))
+        best["plain"] = min(best["plain"], (time.perf_counter() - wall, time.process_time() - cpu))
+    batch = len(next(iter(fed[0].train_data))["image"])
+    seconds = {f"{arm}_{unit}": best[arm][i] for arm in best for i, unit in enumerate(("wall", "cpu"))}
+    return {"build": build, "repeats": repeats, "batch": batch, **seconds}
+
+
+def timing_lines(t: dict, size: Size) -> list[str]:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    rows = [("simulator, 3 sites x 3 rounds (exact, state saved each round)", t["federated_wall"], t["federated_cpu"]),
+            (f"same sites, {size.rounds * size.local_steps} steps each in one fit (no federation)", t["plain_wall"], t["plain_cpu"])]
+    lines = [TIMING_HEADER, "", f"`python benchmarks/federated.py --timing`: MONAI UNet (4, 8), LoRA r={size.r}, {size.cases} cases of "
+             f"{size.edge}^3 per site, {size.local_steps} local steps per round (batch {t['batch']}), CPU; fastest of {t['repeats']} alternating "
+             "repeats. Overhead = federated minus plain: per-round fit set-up (Accelerator, run folder), adapter load and "
+             "extraction, aggregation, the server's state writes.", "",
+             "| run | wall (s) | CPU (s) |", "|---|---:|---:|"]
+    lines += [f"| {name} | {wall:.2f} | {cpu:.2f} |" for name, wall, cpu in rows]
+    overhead = t["federated_wall"] - t["plain_wall"]
+    lines += [f"| ratio federated / plain | {t['federated_wall'] / t['plain_wall']:.2f} | {t['federated_cpu'] / t['plain_cpu']:.2f} |",
+              f"| simulator overhead share of the federated wall time | {overhead / t['federated_wall']:.0%} | "
+              f"{(t['federated_cpu'] - t['plain_cpu']) / t['federated_cpu']:.0%} |", "",
+              f"Building a site (base load, de-identified cache read, adapter applied) takes {t['build']:.2f} s once, before "
+              f"round 1; it is not in the rows. Taken on {torch.get_num_threads()} CPU thread(s), {sys.platform}, load average "
+              f"{load:.1f} (wall times scale with what else the machine runs; CPU seconds much less)."]
+    return lines
+
+
 def table(results: list[dict], size: Size, argv: list[str], seconds: float) -> list[str]:
     names = list(TARGETS)
     lines = ["# Federated site adaptation (synthetic scanners)", "",
@@ -168,8 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="16^3 volumes, 3 cases, 1 seed")
     parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 2, 1 with --quick)")
+    parser.add_argument("--timing", action="store_true", help="only the simulator timing section (the Dice table is kept)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "federated.md")
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="scalpel-federated-timing-") as scratch:
+        timed = timing_lines(timing(TIMING, Path(scratch)), TIMING)
+    if args.timing:
+        kept = args.out.read_text().split(TIMING_HEADER)[0].rstrip().splitlines() if args.out.is_file() else []
+        return _write(args.out, kept + ([""] if kept else []) + timed)
     size = QUICK if args.quick else FULL
     size = dataclasses.replace(size, seeds=args.seeds or size.seeds)
     started = time.perf_counter()
@@ -178,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="scalpel-federated-") as scratch:
             results.append(one_seed(size, seed, Path(scratch)))
     shown = [a for i, a in enumerate(argv) if not a.startswith("--out") and not (i and argv[i - 1] == "--out")]
-    lines = table(results, size, shown, time.perf_counter() - started)
-    with atomic_write(args.out, "w") as handle:
+    return _write(args.out, table(results, size, shown, time.perf_counter() - started) + [""] + timed)
+
+
+def _write(out: Path, lines: list[str]) -> int:
+    with atomic_write(out, "w") as handle:
         handle.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
