@@ -46,10 +46,10 @@ def predictions(model: torch.nn.Module, inputs: object) -> list[torch.Tensor]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name", PIPELINES)
-def test_the_lora_adapter_of_every_pipeline_merges_and_predicts_the_same(name, tmp_path):
-    result = get_pipeline(name).run(quick=True, method="lora", max_steps=2, output_dir=str(tmp_path / "run"),
-                                    device="cpu", progress=False)
-    adapter, out = tmp_path / "run" / "adapter", tmp_path / "merged"
+def test_the_lora_adapter_of_every_pipeline_merges_and_predicts_the_same(name, pipeline_root):
+    run = pipeline_root(name) / "lora"
+    result = get_pipeline(name).run(quick=True, method="lora", max_steps=2, output_dir=str(run), device="cpu", progress=False)
+    adapter, out = run / "adapter", pipeline_root(name) / "lora-merged"
     meta = read_adapter_meta(adapter)
     assert meta["base_model"]["builder"] == name
     assert main(["adapter", "merge", "--adapter", str(adapter), "--out", str(out)]) == 0

@@ -46,6 +46,12 @@ def _assert_only_complete_artifacts(run: Path) -> None:
         assert meta[WEIGHTS_DIGEST] == sha256_digest((adapter / WEIGHTS_FILE).read_bytes())
 
 
+def _digest(run: Path) -> str | None:
+    """The weights digest of the visible adapter, None when there is none."""
+    meta = run / "adapter" / SCALPEL_FILE
+    return read_json(meta)[WEIGHTS_DIGEST] if meta.is_file() else None
+
+
 def _same_adapter(a: Path, b: Path) -> None:
     x, y = read_safetensors(a / "adapter" / WEIGHTS_FILE), read_safetensors(b / "adapter" / WEIGHTS_FILE)
     assert x.keys() == y.keys() and x
@@ -55,23 +61,30 @@ def _same_adapter(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("straight") / "run"
+def root(pipeline_root) -> Path:
+    """One parent for every run of the pipeline: it caches its synthetic base beside the run folder."""
+    return pipeline_root(PIPELINE)
+
+
+@pytest.fixture(scope="module")
+def straight(root) -> Path:
+    out = root / "fi-straight"
     process = _run(out)
     assert process.wait(timeout=600) == 0, process.stderr.read()
     return out
 
 
 @pytest.mark.integration
-def test_killed_while_writing_a_checkpoint_then_an_adapter_resumes_bit_identical(straight, tmp_path):
-    run = tmp_path / "run"
+def test_killed_while_writing_a_checkpoint_then_an_adapter_resumes_bit_identical(straight, root):
+    run = root / "fi-failpoints"
     _killed(_run(run, failpoint="checkpoint:2"))  # the second checkpoint is half written
     assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-00000004"]
     _assert_only_complete_artifacts(run)
 
-    _killed(_run(run, "--resume", failpoint="adapter:1"))  # training done, the adapter written but not swapped in
+    before = _digest(run)
+    _killed(_run(run, "--resume", failpoint="adapter:1"))  # a new adapter written whole but not swapped in
     _assert_only_complete_artifacts(run)
-    assert not (run / "adapter").exists() and list(run.glob(".adapter.*"))  # only the unfinished sibling
+    assert list(run.glob(".adapter.*")) and _digest(run) == before  # the old adapter (or none) is what is visible
 
     resumed = _run(run, "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
@@ -81,8 +94,8 @@ def test_killed_while_writing_a_checkpoint_then_an_adapter_resumes_bit_identical
 
 @pytest.mark.integration
 @pytest.mark.parametrize("seed", [1, 2])
-def test_killed_at_a_random_moment_resumes_bit_identical(straight, tmp_path, seed):
-    run = tmp_path / "run"
+def test_killed_at_a_random_moment_resumes_bit_identical(straight, root, seed):
+    run = root / f"fi-random-{seed}"
     process = _run(run)
     checkpoints = run / "checkpoints"
     deadline = time.monotonic() + 600

@@ -88,12 +88,13 @@ def test_no_domain_file_names_the_toy_method():
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name", PIPELINES)
-def test_a_registered_method_runs_in_every_pipeline(name, toy_method, tmp_path):
-    result = get_pipeline(name).run(quick=True, method=toy_method, output_dir=str(tmp_path / "run"), device="cpu",
+def test_a_registered_method_runs_in_every_pipeline(name, toy_method, pipeline_root):
+    run = pipeline_root(name) / "toy"
+    result = get_pipeline(name).run(quick=True, method=toy_method, output_dir=str(run), device="cpu",
                                     progress=False)
     assert result.method == "toy" and result.pipeline == name
     assert 0 < result.trainable < result.total
-    assert (tmp_path / "run" / "result.json").is_file() and Path(result.adapter_dir, "scalpel.json").is_file()
+    assert (run / "result.json").is_file() and Path(result.adapter_dir, "scalpel.json").is_file()
     assert result.metric in result.after
 
 
@@ -108,7 +109,8 @@ def _scalpel_run(out: Path, *extra: str) -> subprocess.Popen:
 
 
 @pytest.mark.integration
-def test_a_killed_run_resumes_to_the_adapter_of_an_uninterrupted_one(tmp_path):
+def test_a_killed_run_resumes_to_the_adapter_of_an_uninterrupted_one(pipeline_root):
+    tmp_path = pipeline_root(KILLED)
     straight = _scalpel_run(tmp_path / "straight")
     assert straight.wait(timeout=600) == 0, straight.stderr.read()
 
