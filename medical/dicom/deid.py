@@ -47,6 +47,7 @@ from scalpel.medical.dicom.annex_e import (
     resolve,
 )
 from scalpel.medical.dicom.deid_keys import KeyFileError, Pseudonyms, read_key_file  # noqa: F401  (part of this module's API)
+from scalpel.medical.dicom.deid_private import is_safe_private, parse_safe_private
 from scalpel.medical.dicom.deid_raw import left_alone
 
 #: Non-zero-length dummy values for the D action, by VR.
@@ -90,7 +91,7 @@ class DeidOptions:
         if self.max_date_shift_days < 1:
             problems.append(f"max_date_shift_days must be >= 1, got {self.max_date_shift_days}")
         for entry in self.safe_private_tags:
-            if _parse_safe(entry) is None:
+            if parse_safe_private(entry) is None:
                 problems.append(f"safe private tag {entry!r} is not 'gggg,CREATOR,ee' with an odd group, e.g. '0019,SIEMENS MR HEADER,0C'")
         problems.extend(p for p in map(_kept_date_problem, self.keep_date_attributes) if p)
         if self.workers is not None and self.workers < 1:
@@ -186,7 +187,7 @@ class _Context:
     safe: set[tuple[int, str, int]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.safe = {s for s in (_parse_safe(e) for e in self.options.safe_private_tags) if s is not None}
+        self.safe = {s for s in (parse_safe_private(e) for e in self.options.safe_private_tags) if s is not None}
 
 
 def _walk(ds: Dataset, ctx: _Context, changes: list[Change]) -> None:
@@ -200,7 +201,7 @@ def _walk(ds: Dataset, ctx: _Context, changes: list[Change]) -> None:
             continue
         elem = ds[tag]
         if elem.tag.is_private:
-            if not _is_safe_private(elem, ctx.safe):
+            if not is_safe_private(elem, ctx.safe):
                 del ds[elem.tag]
                 changes.append(Change(_tag_text(tag), "", "private-removed"))
             continue
@@ -329,29 +330,6 @@ def _kept_date_problem(keyword: str) -> str | None:
     if tag in BASIC_PROFILE_TAGS:
         return f"keep_date_attributes: {keyword} is in the profile table and cannot be kept; retain_longitudinal_dates shifts it instead"
     return None
-
-
-def _parse_safe(entry: str) -> tuple[int, str, int] | None:
-    parts = [p.strip() for p in str(entry).split(",")]
-    if len(parts) != 3:
-        return None
-    try:
-        group, offset = int(parts[0], 16), int(parts[2], 16)
-    except ValueError:
-        return None
-    if group % 2 == 0 or not parts[1] or not 0 <= offset <= 0xFF:
-        return None
-    return group, parts[1], offset
-
-
-def _is_safe_private(elem: DataElement, safe: set[tuple[int, str, int]]) -> bool:
-    if not safe:
-        return False
-    group, element = elem.tag.group, elem.tag.element
-    if 0x10 <= element <= 0xFF:  # a private creator: keep it if any of its block is kept
-        return any(g == group and c == str(elem.value).strip() for g, c, _ in safe)
-    creator = getattr(elem, "private_creator", None)
-    return creator is not None and (group, str(creator).strip(), element & 0xFF) in safe
 
 
 def _tag_text(tag: int) -> str:
