@@ -26,3 +26,20 @@ def pipeline_root(tmp_path_factory):
         return roots[name]
 
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A 2-layer BERT with the embedded MiniLM tokenizer (the NLP and app tests' sentiment base)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from scalpel.nlp.sentiment.model import default_model_path
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -20,22 +20,6 @@ def _perturb(model, seed):
             p.add_(torch.randn_like(p) * 0.2)
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory):
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from scalpel.nlp.sentiment.model import default_model_path
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def make_sentiment_run(adapter_dir: Path, bert_dir: Path, seed: int) -> Path:
     from scalpel.core.recipes import adapt
     from scalpel.nlp.sentiment.model import head_modules, load_classifier
