@@ -56,7 +56,7 @@ def test_merge_a_transformers_base_and_show_info(bert_dir, tmp_path, capsys):
 def test_merge_a_safetensors_base_with_a_builder(tmp_path, monkeypatch, capsys):
     from scalpel.core.builders import BUILDERS
 
-    def build(meta):
+    def build(meta, adapter_dir=None):
         return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 2))
 
     monkeypatch.setitem(BUILDERS._entries, "test.conv", build)  # a domain registers its builders the same way

@@ -50,10 +50,10 @@ def test_values_equal_pydicom_modality_lut(path):
     ds = pydicom.dcmread(path)
     try:
         reference = ds.pixel_array
-    except Exception as err:  # pydicom cannot decode it either: we must fail with a clear DataError
+    except Exception:  # pydicom cannot decode it either (damaged or unsupported): a clear DataError is the answer
         with pytest.raises(DataError):
             load_series(scan_folder(path, strict=True, drop_localizers=False).series[0])
-        pytest.skip(f"pydicom cannot decode it: {err}")
+        return
     image = load_series(scan_folder(path, strict=True, drop_localizers=False).series[0], invert_monochrome1_values=False)
     frames = int(ds.get("NumberOfFrames") or 1)
     reference = reference[None] if frames == 1 else reference
