@@ -84,10 +84,7 @@ def _series_from_folder(path: Path, series_uid: str | None) -> SeriesInput:
     if not path.is_dir():
         raise DataError(f"{path} is not a folder; give the folder holding one DICOM series")
     inventory = scan_folder(path)
-    if inventory.errors:  # a damaged slice left out would give a volume with a hole, and a SEG that misses it
-        listed = "; ".join(why for _, why in inventory.errors[:3]) + ("; ..." if len(inventory.errors) > 3 else "")
-        raise DataError(f"{path} holds {len(inventory.errors)} damaged or unreadable DICOM file(s): {listed}; "
-                        "copy them again or remove them")
+    inventory.refuse_damaged()
     images = [s for s in inventory.series if s.modality != "SEG" and (series_uid is None or s.series_uid == series_uid)]
     if not images:
         why = f"non-DICOM files: {len(inventory.non_dicom)}, unreadable: {len(inventory.errors)}, dropped: {len(inventory.dropped)}"

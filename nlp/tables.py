@@ -124,14 +124,13 @@ def read_text_file(path: str | Path, encoding: str = "utf-8") -> str:
         DataError: bytes that are not ``encoding``, naming the line and the byte and, for
             UTF-8, suggesting the legacy encoding the file most likely uses; or an unknown encoding.
     """
-    path = Path(path)
     try:
-        codecs.lookup(encoding)
+        codec = codecs.lookup(encoding).name
     except LookupError as err:
         raise DataError(f"unknown text encoding {encoding!r}; use a Python codec name such as utf-8, cp1252 or latin-1") from err
-    data = path.read_bytes()
+    data = Path(path).read_bytes()
     try:
-        return data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
+        return data.decode("utf-8-sig" if codec == "utf-8" else encoding)
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         guess = next((e for e in ("cp1252", "latin-1") if e != encoding and _decodes(data, e)), None)

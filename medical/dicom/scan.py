@@ -41,6 +41,17 @@ class Inventory:
     #: Whole datasets read by ``scan_folder(keep_datasets=True)``, so loading need not read them again.
     datasets: dict[Path, pydicom.Dataset] = field(default_factory=dict, repr=False)
 
+    def refuse_damaged(self, fix: str = "copy them again or remove them") -> None:
+        """Raise if any DICOM file could not be read whole: a damaged slice left out of a series
+        gives a volume with a hole (and a SEG that misses it), and nothing else would say so.
+
+        Raises:
+            DataError: naming the first damaged files and ``fix``.
+        """
+        if self.errors:
+            listed = "; ".join(why for _, why in self.errors[:3]) + ("; ..." if len(self.errors) > 3 else "")
+            raise DataError(f"{self.root} holds {len(self.errors)} damaged or unreadable DICOM file(s): {listed}; {fix}")
+
     def patients(self) -> dict[str, dict[str, list[Series]]]:
         """patient ID -> study UID -> series."""
         out: dict[str, dict[str, list[Series]]] = defaultdict(lambda: defaultdict(list))

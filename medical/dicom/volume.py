@@ -133,10 +133,7 @@ def load_series(
 
 def _only_series(path: Path) -> tuple[Series, dict[Path, pydicom.Dataset]]:
     inventory = scan_folder(path, keep_datasets=True)
-    if inventory.errors:  # a damaged slice left out would give a volume with a hole, and no error
-        listed = "; ".join(why for _, why in inventory.errors[:3]) + ("; ..." if len(inventory.errors) > 3 else "")
-        raise DataError(f"{path} holds {len(inventory.errors)} damaged or unreadable DICOM file(s): {listed}; "
-                        "copy them again or remove them, or scan_folder the folder and pass one Series")
+    inventory.refuse_damaged("copy them again or remove them, or scan_folder the folder and pass one Series")
     if len(inventory.series) != 1:
         found = "; ".join(f"{s.key} ({s.modality}, {len(s.files)} files)" for s in inventory.series) or "none"
         raise DataError(f"{path} holds {len(inventory.series)} series ({found}); scan it with scan_folder and pass one Series")
