@@ -190,6 +190,26 @@ class _Context:
         self.safe = {s for s in (parse_safe_private(e) for e in self.options.safe_private_tags) if s is not None}
 
 
+def element_decision(tag: int, vr: str, keyword: str, options: DeidOptions) -> tuple[str, str]:
+    """(keyword, what the profile does) to a public element that is not left alone: ``keep``, ``recurse``
+    (a sequence whose items are walked), ``clean``, ``shift``, or an action of :func:`_apply` (X, R, U, D, Z).
+    Depends on the tag, VR and options only, never on the value (the byte-level path relies on it)."""
+    keyword, action = BASIC_PROFILE_TAGS.get(tag, (keyword, repeating_group_action(tag)))
+    if action is None and vr in _DATE_VRS and keyword not in options.keep_date_attributes:
+        # A date the table does not name dates the patient's care as much as those it does:
+        # treat it by its VR, like StudyDate (Z: emptied, or shifted below with the option).
+        action = "Z"
+    if action is None:
+        return keyword, "recurse" if vr == "SQ" else "keep"
+    if options.retain_device_identity and keyword in RETAIN_DEVICE_IDENTITY:
+        return keyword, "keep"
+    if options.clean_descriptors and keyword in CLEAN_DESCRIPTORS and vr != "SQ":
+        return keyword, "clean"
+    if options.retain_longitudinal_dates and vr in _DATE_VRS and keyword not in NOT_LONGITUDINAL:
+        return keyword, "keep" if vr == "TM" else "shift"  # whole-day shifts leave times as they are
+    return keyword, resolve(keyword, action)
+
+
 def _walk(ds: Dataset, ctx: _Context, changes: list[Change]) -> None:
     for tag in sorted(ds.keys()):
         tag = int(tag)
@@ -205,27 +225,17 @@ def _walk(ds: Dataset, ctx: _Context, changes: list[Change]) -> None:
                 del ds[elem.tag]
                 changes.append(Change(_tag_text(tag), "", "private-removed"))
             continue
-        keyword, action = BASIC_PROFILE_TAGS.get(tag, (elem.keyword, repeating_group_action(tag)))
-        if action is None and elem.VR in _DATE_VRS and keyword not in ctx.options.keep_date_attributes:
-            # A date the table does not name dates the patient's care as much as those it does:
-            # treat it by its VR, like StudyDate (Z: emptied, or shifted below with the option).
-            action = "Z"
-        if action is None:
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    _walk(item, ctx, changes)
-            continue
-        if ctx.options.retain_device_identity and keyword in RETAIN_DEVICE_IDENTITY:
-            continue
-        if ctx.options.clean_descriptors and keyword in CLEAN_DESCRIPTORS and elem.VR != "SQ":
+        keyword, decision = element_decision(tag, elem.VR, elem.keyword, ctx.options)
+        if decision == "recurse":
+            for item in elem.value:
+                _walk(item, ctx, changes)
+        elif decision == "clean":
             _clean(elem, ctx)
             changes.append(Change(_tag_text(tag), keyword, "cleaned"))
-            continue
-        if ctx.options.retain_longitudinal_dates and elem.VR in ("DA", "DT", "TM") and keyword not in NOT_LONGITUDINAL:
-            if elem.VR != "TM":  # whole-day shifts leave times as they are
-                changes.append(Change(_tag_text(tag), keyword, _shift(elem, ctx)))
-            continue
-        changes.append(Change(_tag_text(tag), keyword, _apply(ds, elem, resolve(keyword, action), ctx, changes)))
+        elif decision == "shift":
+            changes.append(Change(_tag_text(tag), keyword, _shift(elem, ctx)))
+        elif decision != "keep":
+            changes.append(Change(_tag_text(tag), keyword, _apply(ds, elem, decision, ctx, changes)))
 
 
 def _apply(ds: Dataset, elem: DataElement, action: str, ctx: _Context, changes: list[Change]) -> str:
