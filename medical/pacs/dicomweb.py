@@ -39,7 +39,7 @@ class DicomWebPacs:
         page_size: results asked per QIDO request (``limit``); later pages use ``offset``.
     """
 
-    def __init__(self, connection: PacsConnection, page_size: int = 100, chunk_bytes: int = 1 << 16):
+    def __init__(self, connection: PacsConnection, page_size: int = 100, chunk_bytes: int = 1 << 17):
         if page_size < 1:
             raise PacsError(f"page size must be >= 1, got {page_size}")
         self.connection = connection
@@ -139,42 +139,43 @@ class DicomWebPacs:
             return []
         return [uid for uid in uids if uid]
 
-    def _get_parts(self, url: str, new_file: Callable[[], Path], on_part: Callable[[Path], None]) -> int:
-        """GET ``url`` and hand each instance of the answer, streamed to its own file, to ``on_part``."""
+    def _get_parts(self, url: str, on_part: Callable[[bytearray], None]) -> int:
+        """GET ``url`` and hand each instance of the answer, in memory as soon as it is whole, to ``on_part``."""
         self._client()  # this thread's session
         count = 0
         with self._local.session.get(url, headers={"Accept": _ACCEPT_AS_STORED}, stream=True,
                                      timeout=self.connection.timeout_s) as response:
             response.raise_for_status()
-            for path in stream_parts(response, new_file, self._chunk):
-                on_part(path)
+            for part in stream_parts(response, self._chunk):
+                on_part(part)
+                del part  # not held while the next one arrives
                 count += 1
         return count
 
     def fetch_to(self, ref: SeriesRef, sop_uid: str, path: Path) -> int:
         """Write one instance, as stored on the PACS, to ``path`` (WADO-RS); the bytes written.
 
-        The answer is streamed to the file chunk by chunk: not even one instance is held in memory.
-        A connection dropped half way is retried from the start of this instance only.
+        One instance is held in memory. A connection dropped half way is retried from the start of
+        this instance only.
         """
         url = f"{self._base()}/studies/{ref.study_uid}/series/{ref.series_uid}/instances/{sop_uid}"
 
         def fetch() -> int:
-            if self._get_parts(url, lambda: path, lambda _: None) != 1:
+            if self._get_parts(url, path.write_bytes) != 1:
                 raise NotDicomAnswerError(f"WADO-RS retrieve of instance {sop_uid}: the answer holds no instance")
             return path.stat().st_size
 
         return self._call(f"WADO-RS retrieve of instance {sop_uid}", fetch)
 
-    def stream_series(self, ref: SeriesRef, new_file: Callable[[], Path], on_part: Callable[[Path], None]) -> int:
-        """Retrieve a whole series in one request, each instance streamed to its own file and handed to
-        ``on_part`` as soon as it is complete; the number of instances. Tried once: after a dropped
-        connection the caller fetches what is missing instance by instance.
+    def stream_series(self, ref: SeriesRef, on_part: Callable[[bytearray], None]) -> int:
+        """Retrieve a whole series in one request, each instance handed to ``on_part`` (in memory) as soon
+        as it is complete; the number of instances. Tried once: after a dropped connection the caller
+        fetches what is missing instance by instance.
         """
         url = f"{self._base()}/studies/{ref.study_uid}/series/{ref.series_uid}"
         once = RetryPolicy(attempts=1)
         try:
-            return with_retries(lambda: self._get_parts(url, new_file, on_part), f"WADO-RS retrieve of series {ref.series_uid}", once)
+            return with_retries(lambda: self._get_parts(url, on_part), f"WADO-RS retrieve of series {ref.series_uid}", once)
         except ValueError as err:
             raise NotDicomAnswerError(f"WADO-RS retrieve of series {ref.series_uid}: the server did not answer DICOM ({err}); "
                                       f"check that {self.connection.url} is the DICOMweb root") from err
@@ -193,58 +194,98 @@ class DicomWebPacs:
                             "PS3.18 Table I.2-3); check the files with `scalpel dicom inspect`")
 
 
-def stream_parts(response, new_file: Callable[[], Path], chunk_bytes: int = 1 << 16) -> Iterator[Path]:
-    """Stream each part of a ``multipart/related`` answer (or a bare ``application/dicom`` one) into
-    its own file from ``new_file()``, yielding each file once its part is complete. At most a chunk
-    and a boundary are held in memory, whatever the size of the parts or their number.
+def stream_parts(response, chunk_bytes: int = 1 << 17) -> Iterator[bytearray]:
+    """Each part of a ``multipart/related`` answer (or a bare ``application/dicom`` one), in memory,
+    as soon as it is complete. One part and one chunk are held at a time, whatever the number of parts.
+
+    A part that declares its Content-Length (Orthanc's do) is read straight into a buffer of that
+    size, with no search for the boundary in its bytes; otherwise the boundary ends it.
 
     Raises:
-        ValueError: the answer is neither (not DICOM). requests' ChunkedEncodingError: it ended in
-            the middle of a part (a cut connection).
+        ValueError: the answer is neither (not DICOM), or a part is not followed by the boundary.
+            requests' ChunkedEncodingError: it ended in the middle of a part (a cut connection).
     """
-    import requests
-
     kind = response.headers.get("Content-Type", "")
     media = kind.split(";")[0].strip().lower()
-    chunks = response.iter_content(chunk_size=chunk_bytes)
     if media == "application/dicom":
-        path = new_file()
-        with open(path, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-        yield path
+        yield bytearray(b"".join(response.iter_content(chunk_size=chunk_bytes)))
         return
     boundary = next((p.split("=", 1)[1].strip().strip('"') for p in kind.split(";")[1:]
                      if p.strip().lower().startswith("boundary=")), "")
     if media != "multipart/related" or not boundary:
         raise ValueError(f"answer of type {media or 'unknown'!r} is not multipart/related DICOM")
+    reader = _Reader(response, chunk_bytes)
     delimiter = b"\r\n--" + boundary.encode()
-    buffer, handle, path, parts = b"", None, None, 0
-    try:
-        for chunk in chunks:
-            buffer += chunk
-            while True:
-                if handle is None:  # between parts: skip the boundary line and the part's headers
-                    if parts and buffer.startswith(b"--"):
-                        return  # the closing delimiter (the opening one starts with "--" too)
-                    head_end = buffer.find(b"\r\n\r\n")
-                    if head_end < 0:
-                        break
-                    path = new_file()
-                    handle, buffer = open(path, "wb"), buffer[head_end + 4:]
-                end = buffer.find(delimiter)
-                if end < 0:
-                    keep = len(delimiter)  # a delimiter may straddle two chunks
-                    if len(buffer) > keep:
-                        handle.write(buffer[:-keep])
-                        buffer = buffer[-keep:]
-                    break
-                handle.write(buffer[:end])
-                handle.close()
-                handle, buffer, parts = None, buffer[end + len(delimiter):], parts + 1
-                yield path
-    finally:
-        if handle is not None:
-            handle.close()
-    if handle is not None:
+    reader.skip_past(delimiter[2:], "the first boundary")
+    while True:
+        reader.fill(2)
+        if reader.pending.startswith(b"--"):
+            return  # the closing delimiter
+        head = reader.skip_past(b"\r\n\r\n", "the headers of a part")
+        length = next((int(v) for k, _, v in (line.partition(b":") for line in head.split(b"\r\n"))
+                       if k.strip().lower() == b"content-length" and v.strip().isdigit()), None)
+        part = reader.read_exactly(length) if length is not None else reader.read_until(delimiter)
+        if length is not None:
+            reader.fill(len(delimiter))
+            if not reader.pending.startswith(delimiter):
+                raise ValueError("a part is longer than its Content-Length says")
+            del reader.pending[:len(delimiter)]
+        yield part
+        part = None  # not held while the next one arrives
+
+
+class _Reader:
+    """The body of an answer read in chunks, with what was read and not used yet in ``pending``."""
+
+    def __init__(self, response, chunk_bytes: int):
+        self._read = lambda n: response.raw.read(n, decode_content=True)
+        self._chunk = chunk_bytes
+        self.pending = bytearray()
+
+    def fill(self, size: int) -> None:
+        while len(self.pending) < size:
+            chunk = self._read(self._chunk)
+            if not chunk:
+                self._cut()
+            self.pending += chunk
+
+    def skip_past(self, marker: bytes, what: str) -> bytes:
+        """Consume up to and including ``marker``; what came before it."""
+        start = 0
+        while (at := self.pending.find(marker, start)) < 0:
+            if len(self.pending) > 1 << 16:
+                raise ValueError(f"no end of {what} in 64 KiB: not a multipart DICOM answer")
+            start = max(0, len(self.pending) - len(marker) + 1)
+            self.fill(len(self.pending) + 1)
+        before = bytes(self.pending[:at])
+        del self.pending[:at + len(marker)]
+        return before
+
+    def read_exactly(self, length: int) -> bytearray:
+        part = bytearray(length)
+        have = min(length, len(self.pending))
+        part[:have] = self.pending[:have]
+        del self.pending[:have]
+        view = memoryview(part)
+        while have < length:
+            chunk = self._read(min(self._chunk, length - have))
+            if not chunk:
+                self._cut()
+            view[have:have + len(chunk)] = chunk
+            have += len(chunk)
+        return part
+
+    def read_until(self, delimiter: bytes) -> bytearray:
+        start = 0
+        while (end := self.pending.find(delimiter, start)) < 0:
+            start = max(0, len(self.pending) - len(delimiter) + 1)
+            self.fill(len(self.pending) + 1)
+        part = self.pending[:end]
+        del self.pending[:end + len(delimiter)]
+        return part
+
+    @staticmethod
+    def _cut():
+        import requests
+
         raise requests.exceptions.ChunkedEncodingError("the answer ended in the middle of an instance")

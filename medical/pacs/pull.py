@@ -4,9 +4,9 @@
     report = pull(pacs, PacsQuery(patient_id="PID-1", modality="CT"), "site_b/images", deid=DeidOptions(key=key))
 
 For each series none of which is on disk yet (over DICOMweb, more than ``workers`` instances):
-the PACS counts it (series-level QIDO, cheap), it comes in one request, streamed part by part to
-disk, each instance checked (of this series, whole) and de-identified when asked by ``workers``
-threads while the rest arrives, and written atomically; the PACS counts it again. When the answer
+the PACS counts it (series-level QIDO, cheap), it comes in one request, part by part, each
+instance checked (of this series, whole) and de-identified when asked in memory as it arrives,
+then written atomically by ``workers`` threads while the next ones arrive; the PACS counts it again. When the answer
 was whole and the count before, the count after and the instances received agree, the UIDs
 received are the series: no instance list is asked for (Orthanc answers one by reading every
 stored file). Otherwise, and for a series partly on disk (a rerun resumes), the PACS lists the
@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,7 +42,7 @@ class Pacs(Protocol):
     def search_series(self, query: PacsQuery, max_results: int | None = None) -> list[SeriesRef]: ...
     def instance_uids(self, study_uid: str, series_uid: str) -> list[str]: ...
     def fetch_to(self, ref: SeriesRef, sop_uid: str, path: Path) -> int: ...
-    # Optional: stream_series(ref, new_file, on_part), one request for a whole series (DICOMweb).
+    # Optional: stream_series(ref, on_part), one request for a whole series, parts in memory (DICOMweb).
 
 
 @dataclass
@@ -122,21 +122,23 @@ def pull_series(pacs: Pacs, ref: SeriesRef, sink: InstanceSink, *, workers: int 
     received: set[str] = set()
     lock = threading.Lock()
 
-    def accept(path: Path, expected: set[str] | None) -> None:
+    def tally(sop_uid: str, size: int) -> None:
         nonlocal written
-        try:
-            sop_uid, size = sink.accept(path, ref, expected)
-        finally:
-            path.unlink(missing_ok=True)
         with lock:
             written += size
             received.add(sop_uid)
         if on_instance is not None:
             on_instance(ref, sop_uid)
 
+    def accept(instance: Path, expected: set[str] | None) -> None:
+        try:
+            tally(*sink.accept(instance, ref, expected))
+        finally:
+            instance.unlink(missing_ok=True)
+
     whole = False
     if stream is not None and (unlisted or len(todo) > max(1, workers)):  # one request for the series beats one per instance
-        whole = _stream(stream, ref, sink, None if unlisted else set(todo), accept, workers)
+        whole = _stream(stream, ref, sink, None if unlisted else set(todo), tally, workers)
     checked = False
     if unlisted:
         after = count(ref)
@@ -201,27 +203,43 @@ def _changed(sink: InstanceSink, ref: SeriesRef, added: int, removed: int) -> No
 
 
 def _stream(stream, ref: SeriesRef, sink: InstanceSink, expected: set[str] | None,
-            accept: Callable[[Path, set[str] | None], None], workers: int) -> bool:
-    """Retrieve the series in one request, each instance checked (and de-identified) by ``workers``
-    threads while the rest arrives; ``expected`` the SOP UIDs asked for, None for any of the series.
-    Whether the answer came whole (False: it broke off, and the caller fetches what is missing)."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # checks and de-identification overlap the transfer
-        checking: list[Future] = []
+            tally: Callable[[str, int], None], workers: int) -> bool:
+    """Retrieve the series in one request; each instance is checked and de-identified in memory by
+    the receiving thread, and written by ``workers`` threads while the next ones arrive (writing waits
+    on the file system, receiving on the socket: both let the other threads run). ``expected``: the
+    SOP UIDs asked for, None for any of the series. At most ``max(2, workers - 1)`` instances are in
+    memory (the one arriving, those waiting to be written), so memory stays within one batch of
+    ``workers`` instances, whatever the series' length. Whether the answer came whole (False: it broke off, and
+    the caller fetches what is missing)."""
+    failures: list[BaseException] = []
+    room = threading.BoundedSemaphore(max(1, workers - 2))  # instances handed over and not written yet
 
-        def hand_over(path: Path) -> None:
-            checking.append(pool.submit(accept, path, expected))
-            while len(checking) > workers:  # at most `workers` instances wait on disk to be checked
-                checking.pop(0).result()
-
+    def store(prepared) -> None:
         try:
-            stream(ref, lambda: sink.temporary(ref), hand_over)
-            return True
+            tally(*sink.store(ref, prepared))
+        except BaseException as err:  # noqa: BLE001 - raised in the receiving thread, below
+            failures.append(err)
+        finally:
+            room.release()
+
+    def hand_over(part: bytearray) -> None:
+        prepared = sink.prepare(part, ref, expected)
+        room.acquire()  # wait for room before the next instance arrives
+        if failures:
+            room.release()
+            raise failures[0]
+        pool.submit(store, prepared)
+
+    whole = True
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        try:
+            stream(ref, hand_over)
         except PacsError as err:
-            if type(err) is not PacsError:  # refused, not DICOM, changed: no point in going on
-                raise
+            if type(err) is not PacsError or failures:  # refused, not DICOM, changed: no point in going on
+                raise failures[0] if failures else err
             log.info("series %s: the series request broke off (%s); fetching the missing instance(s) one by one",
                      sink.uid(ref.series_uid), err)
-            return False
-        finally:
-            for future in checking:
-                future.result()
+            whole = False
+    if failures:  # every instance handed over has been written (or has failed) by now
+        raise failures[0]
+    return whole
