@@ -40,6 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     client.add_argument("--share-statistics", action="store_true", help="send normalisation statistics too (default: FedBN, they stay)")
     client.add_argument("--root-certificate", type=Path, help="TLS: the CA certificate that signed the server's (PEM)")
     client.add_argument("--insecure", action="store_true", help="allow plain gRPC off loopback (a trusted network only)")
+    client.add_argument("--wait", type=float, default=120.0, help="seconds to keep retrying a failed connection (default 120)")
     client.add_argument("run_flags", nargs=argparse.REMAINDER, metavar="-- FLAGS", help="the pipeline's run flags")
     client.set_defaults(handler=_client)
 
@@ -88,6 +89,9 @@ def _server(args: argparse.Namespace) -> int:
     history = serve(args.address, coordinator, args.rounds, expected_sites=args.sites, certificates=args.certificates,
                     insecure=args.insecure)
     print("\n".join(round_lines(history)))
+    if coordinator.state.round < args.rounds:  # rounds below the quorum were skipped
+        print(f"stopped after round {coordinator.state.round} of {args.rounds}; run the same command again to resume")
+        return 1
     return 0
 
 
@@ -104,6 +108,6 @@ def _client(args: argparse.Namespace) -> int:
     work_dir = args.work_dir or Path("runs/federated") / args.site.name
     site = pipeline_site(args.pipeline, args.site, work_dir, settings, aggregator=args.aggregator,
                          keep_stats_local=not args.share_statistics)
-    connect(args.server, site, root_certificate=args.root_certificate, insecure=args.insecure)
+    connect(args.server, site, root_certificate=args.root_certificate, insecure=args.insecure, max_wait_time=args.wait)
     print(json.dumps({"site": site.site, "work_dir": str(work_dir), "metrics": site.evaluate()}, indent=2))
     return 0

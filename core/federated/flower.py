@@ -73,9 +73,15 @@ def make_strategy(coordinator: Coordinator, expected_sites: int) -> Any:
         def configure_fit(self, server_round, parameters, client_manager):
             if not coordinator.state.tensors:
                 coordinator.set_initial(unpack(parameters.tensors[0]))
-            client_manager.wait_for(expected_sites, timeout=int(coordinator.rules.timeout))
-            clients = client_manager.sample(num_clients=max(client_manager.num_available(), 1),
-                                            min_num_clients=coordinator.rules.quorum)
+            # every expected site, or whoever came within the timeout (a site that left costs each later round the wait)
+            client_manager.wait_for(expected_sites, timeout=max(1, round(coordinator.rules.timeout)))
+            available = client_manager.num_available()
+            if available < coordinator.rules.quorum:  # Flower's sample() would wait a day for the quorum
+                log.warning("round %d: %d of %d site(s) connected after %.0f s, below the quorum of %d; round skipped",
+                            coordinator.state.round + 1, available, expected_sites, coordinator.rules.timeout,
+                            coordinator.rules.quorum)
+                return []
+            clients = client_manager.sample(num_clients=available, min_num_clients=coordinator.rules.quorum)
             ins = FitIns(Parameters([pack(coordinator.state.tensors)], TENSOR_TYPE), {"round": coordinator.state.round + 1})
             return [(client, ins) for client in clients]
 
@@ -157,13 +163,42 @@ def serve(address: str, coordinator: Coordinator, rounds: int, *, expected_sites
 
 def connect(address: str, site: SiteClient, *, root_certificate: str | os.PathLike | None = None,
             insecure: bool = False, max_retries: int | None = 30, max_wait_time: float | None = 120.0) -> None:
-    """Serve this site to the Flower server at ``address`` until the server ends the federation."""
+    """Serve this site to the Flower server at ``address`` until the server ends the federation.
+
+    Args:
+        max_retries, max_wait_time: how often and how long (seconds) to retry a failed connection.
+
+    Raises:
+        ScalpelError: no server answered within the retries, the TLS handshake failed (a server
+            certificate not signed by ``root_certificate``, or not issued for ``address``), or the
+            server was lost mid-federation. An exception of the site's own training propagates.
+    """
     _flwr()
     check_transport(address, tls=root_certificate is not None, insecure=insecure)
+    import grpc
     from flwr.compat.client.app import start_client
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        start_client(server_address=address, client=make_client(site), insecure=root_certificate is None,
-                     root_certificates=Path(root_certificate).read_bytes() if root_certificate else None,
-                     max_retries=max_retries, max_wait_time=max_wait_time)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            start_client(server_address=address, client=make_client(site), insecure=root_certificate is None,
+                         root_certificates=Path(root_certificate).read_bytes() if root_certificate else None,
+                         max_retries=max_retries, max_wait_time=max_wait_time)
+    except grpc.RpcError as err:
+        raise ScalpelError(connection_problem(address, err, root_certificate, max_wait_time)) from err
+
+
+def connection_problem(address: str, err: Exception, root_certificate: str | os.PathLike | None,
+                       max_wait_time: float | None) -> str:
+    """What went wrong with the connection to ``address``, and the fix (a ScalpelError's message)."""
+    details = err.details() if callable(getattr(err, "details", None)) else str(err)
+    code = err.code() if callable(getattr(err, "code", None)) else None
+    if any(word in details.lower() for word in ("handshake", "certificate", "ssl")):
+        return (f"TLS handshake with the server at {address} failed: its certificate is not signed by the CA in "
+                f"{root_certificate}, or not issued for this host name ({details}). Give --root-certificate the CA "
+                "that signed the server's certificate, and a server certificate whose subject alternative names "
+                "hold the address the sites use")
+    waited = f" within {max_wait_time:g} s" if max_wait_time else ""
+    return (f"lost or never reached the federation server at {address}{waited} "
+            f"({getattr(code, 'name', 'error')}: {details}); check the address and port, that `scalpel federated "
+            "server` runs there and is not over, the firewall, and TLS on both sides or on neither")

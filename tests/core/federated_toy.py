@@ -1,5 +1,10 @@
 """Tiny federated sites for the federated tests: a two-layer regression net with LoRA, each site
-its own input shift and scale (a covariate shift, like a scanner's calibration)."""
+its own input shift and scale (a covariate shift, like a scanner's calibration); and a site
+connected to a Flower server from a thread."""
+
+import socket
+import threading
+import time
 
 import torch
 from torch import nn
@@ -43,3 +48,41 @@ def make_clients(tmp_path, aggregator="exact", k=3, width=16, norm=False, steps=
 
 def _crash(*args, **kwargs):
     raise RuntimeError("site went offline")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SiteThread(threading.Thread):
+    """A site connected to the Flower server at ``address`` from a thread, once the server listens
+    (so gRPC's connection backoff does not add seconds); keeps what ended it in ``error``."""
+
+    def __init__(self, address, client, **connect_kwargs):
+        super().__init__(daemon=True)
+        self.address, self.client, self.kwargs, self.error = address, client, connect_kwargs, None
+
+    def run(self):
+        from scalpel.core.federated.flower import connect
+
+        host, port = self.address.rsplit(":", 1)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        try:
+            connect(self.address, self.client, **{"max_wait_time": 30, **self.kwargs})
+        except BaseException as err:  # noqa: BLE001 - the test reads it
+            self.error = err
+
+
+def warm_up(tmp_path):
+    """One local round outside the test's clock: the first ``fit`` of a process pays seconds of imports,
+    which would otherwise count against a Flower round's timeout."""
+    client = make_clients(tmp_path, k=1)[0]
+    client.train_round(client.shared_tensors(), 1)
