@@ -10,11 +10,19 @@ never pool their data. Per-site Dice on each site's held-out cases, side by side
 * pooled central: one adapter trained on the three sites' training cases together (what
   federation approximates without moving data), with the federation's total steps.
 
+Budgets: every arm runs ``rounds`` fits with a fresh optimizer each (the simulator's rounds); a
+federated or local site takes ``local_steps`` steps per round, the pooled arm ``3 x local_steps``,
+so pooled central takes as many optimizer steps and sees as many patches as the three sites
+together (the table states both). Each site is scored on its own held-out cases, a separate
+folder of the same scanner (``--val-data``), so the held-out cases are several per site and
+never trained on; the mean ± std are over seeds (each seed: new phantoms, base, splits and
+initial adapter), as is each arm's difference to local-only training paired by seed.
+
 Also: bytes a site sends and receives per round, and the simulator's wall time for 3 sites x 3
 rounds (the exact arm, in-process, no sockets).
 
-    python benchmarks/federated.py            # 24^3 volumes, 4 cases per site, 2 seeds (~30 min on a loaded 2-core machine)
-    python benchmarks/federated.py --quick    # 16^3 volumes, 3 cases per site, 1 seed
+    python benchmarks/federated.py            # 16^3 volumes, 4 + 4 held-out cases per site, 5 seeds (~6 min a seed, 2 cores at load 14)
+    python benchmarks/federated.py --quick    # 2 seeds, fewer steps
     python benchmarks/federated.py --timing   # only the simulator timing section (keeps the Dice table)
 
 Timing section: the simulator on 3 sites x 3 rounds with a small stated budget (UNet (4, 8),
@@ -67,6 +75,7 @@ ARMS = ("base", "local only", "naive FedAvg (A, B apart)", "exact (stack + SVD)"
 class Size:
     edge: int
     cases: int
+    held_out: int
     seeds: int
     base_steps: int
     local_steps: int
@@ -74,26 +83,29 @@ class Size:
     r: int = 4
 
 
-FULL = Size(edge=24, cases=4, seeds=2, base_steps=80, local_steps=10)
-QUICK = Size(edge=16, cases=3, seeds=1, base_steps=30, local_steps=4)
-TIMING = Size(edge=16, cases=3, seeds=1, base_steps=5, local_steps=2)
+FULL = Size(edge=16, cases=4, held_out=4, seeds=5, base_steps=60, local_steps=6)
+QUICK = Size(edge=16, cases=3, held_out=2, seeds=2, base_steps=30, local_steps=4)
+TIMING = Size(edge=16, cases=3, held_out=0, seeds=1, base_steps=5, local_steps=2)
 TIMING_HEADER = "## Simulator wall time"
 
 
 def one_seed(size: Size, seed: int, root: Path) -> dict:
-    """Every arm on one seed's scanners, base and splits; per-site Dice per arm and the traffic."""
-    write_site(root / "A", "A", cases=size.cases, shape=(size.edge,) * 3, seed=seed)
+    """Every arm on one seed's scanners, base and splits; per-site Dice per arm, budgets and traffic."""
+    shape = (size.edge,) * 3
+    write_site(root / "A", "A", cases=size.cases, shape=shape, seed=1000 * seed)
     for k, (name, profile) in enumerate(TARGETS.items()):
-        write_site(root / name, profile, cases=size.cases, shape=(size.edge,) * 3, seed=seed + 10 * (k + 1))
-    spec = BaseSpec(UNetSpec(out_channels=len(STRUCTURES) + 1, channels=(4, 8), strides=(2,)), STRUCTURES, patch=(size.edge,) * 3)
+        write_site(root / name, profile, cases=size.cases, shape=shape, seed=1000 * seed + 10 * (k + 1))
+        write_site(root / "held-out" / name, profile, cases=size.held_out, shape=shape, seed=1000 * seed + 10 * (k + 1) + 5)
+    spec = BaseSpec(UNetSpec(out_channels=len(STRUCTURES) + 1, channels=(4, 8), strides=(2,)), STRUCTURES, patch=shape)
     train_base(root / "A", root / "base", spec, steps=size.base_steps, seed=seed, progress=False)
+    # the patch is the whole volume, so one crop per volume (a second would be the same volume differently augmented)
     settings = {"base": str(root / "base"), "method": "lora", "r": size.r, "alpha": 2.0 * size.r, "max_steps": size.local_steps,
-                "lr": 1e-2, "seed": seed, "deidentify": False, "progress": False, "device": "cpu"}
+                "lr": 1e-2, "seed": seed, "deidentify": False, "progress": False, "device": "cpu", "samples_per_volume": 1}
 
     def sites(arm: str, aggregator: str = "exact", steps: int | None = None):
-        given = {**settings, "max_steps": steps or size.local_steps}
-        made = [pipeline_site("medical.segmentation", root / name, root / "runs" / arm / name, given, aggregator=aggregator)
-                for name in TARGETS]
+        made = [pipeline_site("medical.segmentation", root / name, root / "runs" / arm / name,
+                              {**settings, "max_steps": steps or size.local_steps, "val_data": str(root / "held-out" / name)},
+                              aggregator=aggregator) for name in TARGETS]
         for client in made:
             client.task.hd95 = False  # Dice only: HD95's surface distances would dominate the run
         return made
@@ -104,11 +116,14 @@ def one_seed(size: Size, seed: int, root: Path) -> dict:
     rows, traffic = {}, {}
     clients = sites("base")
     rows["base"] = dice(clients)
-    local = {}
+    patches = len(next(iter(clients[0].train_data))["image"])  # patches per optimizer step (volumes x crops)
+    budget = {"base": (0, 0, 0)}
     for client in clients:  # each site alone: a federation of one
         simulate([client], Coordinator("exact", RoundRules(), None), size.rounds)
-        local[client.site] = client.evaluate()["dice"]
-    rows["local only"] = local
+    rows["local only"] = dice(clients)
+    federated_steps = size.rounds * size.local_steps
+    for arm in ARMS[1:5]:
+        budget[arm] = (federated_steps, len(TARGETS) * federated_steps, patches)
     for arm, aggregator in (("naive FedAvg (A, B apart)", "naive"), ("exact (stack + SVD)", "exact"),
                             ("FedSA-LoRA (personal B)", "fedsa")):
         clients = sites(aggregator, aggregator)
@@ -121,21 +136,36 @@ def one_seed(size: Size, seed: int, root: Path) -> dict:
                                "down": statistics.mean(h["bytes_down"] for h in history), "seconds": seconds,
                                "truncation": max(h["max_truncation_error"] for h in history),
                                "adapter": tensor_bytes(adapter_tensors(clients[0].model))}
-    rows["pooled central"] = pooled(sites("pooled", steps=len(TARGETS) * size.local_steps), size.rounds)
-    return {"dice": rows, "traffic": traffic}
+    central_steps = len(TARGETS) * size.local_steps
+    rows["pooled central"], pooled_patches = pooled(sites("pooled", steps=central_steps), size.rounds)
+    budget["pooled central"] = (size.rounds * central_steps, size.rounds * central_steps, pooled_patches)
+    return {"dice": rows, "traffic": traffic, "budget": budget}
 
 
-def pooled(clients, rounds: int) -> dict[str, float]:
-    """One adapter trained on every site's training cases together, scored on each site's held-out cases."""
+class PooledCases(torch.utils.data.ConcatDataset):
+    """The sites' training sets as one. ``fit`` reseeds the augmentation of each epoch through
+    ``set_epoch``, which a plain ``ConcatDataset`` would swallow (every epoch would then repeat
+    epoch 0's crops and augmentations, unlike the sites' own loaders): pass it on to every part."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.datasets:
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+
+
+def pooled(clients, rounds: int) -> tuple[dict[str, float], int]:
+    """One adapter trained on every site's training cases together (one set of normalisation
+    statistics, as a central model has), scored on each site's held-out cases; also the patches per step."""
     central = clients[0]
-    data = torch.utils.data.ConcatDataset([c.train_data.dataset for c in clients])
+    data = PooledCases([c.train_data.dataset for c in clients])
     central.train_data = torch.utils.data.DataLoader(data, batch_size=central.train_data.batch_size, shuffle=True,
                                                      collate_fn=list_data_collate, drop_last=len(data) > central.train_data.batch_size,
                                                      generator=torch.Generator().manual_seed(0))
     simulate([central], Coordinator("exact", RoundRules(), None), rounds)
     central.model.eval()
     with torch.no_grad():
-        return {c.site: float(central.task.evaluate(central.model, c.eval_data)["dice"]) for c in clients}
+        scores = {c.site: float(central.task.evaluate(central.model, c.eval_data)["dice"]) for c in clients}
+    return scores, len(next(iter(central.train_data))["image"])
 
 
 def timing(size: Size, root: Path, repeats: int = 3) -> dict:
@@ -192,16 +222,29 @@ def table(results: list[dict], size: Size, argv: list[str], seconds: float) -> l
     names = list(TARGETS)
     lines = ["# Federated site adaptation (synthetic scanners)", "",
              f"`{shlex.join(['python', 'benchmarks/federated.py', *argv])}`", "",
-             f"Base: MONAI UNet (4, 8) trained {size.base_steps} steps on scanner A. Sites B, C, D: {size.cases} cases of "
-             f"{size.edge}^3 each, about a third held out; LoRA r={size.r} on every convolution; {size.rounds} rounds x "
-             f"{size.local_steps} local steps; {len(results)} seed(s), mean ± std of the held-out Dice. Scanners: "
+             f"Base: MONAI UNet (4, 8) with BatchNorm trained {size.base_steps} steps on scanner A. Sites B, C, D: "
+             f"{size.cases} training cases of {size.edge}^3 each, scored on {size.held_out} held-out cases of the same scanner "
+             f"(a separate folder, never trained on); LoRA r={size.r} on every convolution, lr 1e-2 constant, "
+             f"{size.rounds} rounds; normalisation statistics stay at each site (FedBN) in the federated and local arms. "
+             f"{len(results)} seed(s){'' if len(results) == size.seeds else f' (of {size.seeds} asked; the run was cut short)'}: "
+             "mean ± std (over seeds) of the held-out Dice. Scanners: "
              + "; ".join(f"{n}: gain {p.gain}, offset {p.offset:+.0f} HU, noise {p.noise_hu:.0f} HU, "
                          f"{p.pixel_spacing[0]}x{p.pixel_spacing[1]}x{p.slice_spacing} mm" for n, p in TARGETS.items()) + ".", "",
-             "| arm | " + " | ".join(f"Dice {n}" for n in names) + " | mean |", "|---|" + "---:|" * (len(names) + 1)]
+             "| arm | " + " | ".join(f"Dice {n}" for n in names) + " | mean | mean - local only (paired by seed) |",
+             "|---|" + "---:|" * (len(names) + 2)]
+    local = [statistics.mean(r["dice"]["local only"].values()) for r in results]
     for arm in ARMS:
         cells = [_cell([r["dice"][arm][n] for r in results]) for n in names]
-        mean = _cell([statistics.mean(r["dice"][arm].values()) for r in results])
-        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {mean} |")
+        means = [statistics.mean(r["dice"][arm].values()) for r in results]
+        diff = "" if arm == "local only" else _cell([m - b for m, b in zip(means, local, strict=True)], signed=True)
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {_cell(means)} | {diff} |")
+    lines += ["", "Training budget of each arm (every arm: the same base, seed and initial adapter; "
+              f"{size.rounds} fits of a fresh optimizer, one per round):", "",
+              "| arm | optimizer steps per adapter | optimizer steps in all | patches per step | patches seen in all |",
+              "|---|---:|---:|---:|---:|"]
+    for arm in ARMS:
+        per, total, patches = results[0]["budget"][arm]
+        lines.append(f"| {arm} | {per} | {total} | {patches} | {total * patches} |")
     lines += ["", "| aggregator | bytes up per site per round | bytes down | adapter tensors (bytes) | up / adapter | "
               "max truncation error | simulator wall time, 3 sites x 3 rounds |", "|---|---:|---:|---:|---:|---:|---:|"]
     for agg in ("naive", "exact", "fedsa"):
@@ -211,22 +254,25 @@ def table(results: list[dict], size: Size, argv: list[str], seconds: float) -> l
                      f"{max(x['truncation'] for x in t):.3f} | {statistics.mean(x['seconds'] for x in t):.1f} s |")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines += ["", f"Whole run: {seconds:.0f} s on {torch.get_num_threads()} CPU thread(s) ({sys.platform}, load average "
-              f"{load:.1f} at the end: wall times scale with what else the machine runs). FedSA-LoRA sends "
-              "A only (B stays at the site; in a convolution A, r x in x k^3, is the larger factor); naive and exact send the same tensors and "
-              "differ only in how the server combines them. Pooled central training needs the data in one place; "
-              "it is the reference federation tries to reach without moving it."]
+              f"{load:.1f} at the end: wall times scale with what else the machine runs). A difference smaller than its "
+              "std over seeds is noise. FedSA-LoRA sends A only (B stays at the site; in a convolution A, r x in x k^3, "
+              "is the larger factor); naive and exact send the same tensors and differ only in how the server combines "
+              "them; the adapter tensors not sent are the BatchNorm statistics (FedBN). Pooled central training needs the "
+              "data in one place and has one set of normalisation statistics for the three scanners; the federated and "
+              "local arms each keep their site's own. Reading of the results: docs/federated.md."]
     return lines
 
 
-def _cell(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f}" + (f" ± {statistics.pstdev(values):.3f}" if len(values) > 1 else "")
+def _cell(values: list[float], signed: bool = False) -> str:
+    mean = f"{statistics.mean(values):+.3f}" if signed else f"{statistics.mean(values):.3f}"
+    return mean + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="16^3 volumes, 3 cases, 1 seed")
-    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 2, 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="3 + 2 held-out cases, fewer steps, 2 seeds")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 5, 2 with --quick)")
     parser.add_argument("--timing", action="store_true", help="only the simulator timing section (the Dice table is kept)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "federated.md")
     args = parser.parse_args(argv)
@@ -238,18 +284,20 @@ def main(argv: list[str] | None = None) -> int:
     size = QUICK if args.quick else FULL
     size = dataclasses.replace(size, seeds=args.seeds or size.seeds)
     started = time.perf_counter()
-    results = []
-    for seed in range(size.seeds):
+    results: list[dict] = []
+    shown = [a for i, a in enumerate(argv) if not a.startswith("--out") and not (i and argv[i - 1] == "--out")]
+    for seed in range(size.seeds):  # the table is written after every seed: an interrupted run keeps the seeds it finished
         with tempfile.TemporaryDirectory(prefix="scalpel-federated-") as scratch:
             results.append(one_seed(size, seed, Path(scratch)))
-    shown = [a for i, a in enumerate(argv) if not a.startswith("--out") and not (i and argv[i - 1] == "--out")]
+        _write(args.out, table(results, size, shown, time.perf_counter() - started) + [""] + timed, echo=False)
     return _write(args.out, table(results, size, shown, time.perf_counter() - started) + [""] + timed)
 
 
-def _write(out: Path, lines: list[str]) -> int:
+def _write(out: Path, lines: list[str], echo: bool = True) -> int:
     with atomic_write(out, "w") as handle:
         handle.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if echo:
+        print("\n".join(lines))
     return 0
 
 
