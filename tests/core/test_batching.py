@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from scalpel.core.batching import (
     LengthGroupedBatches,
+    default_group_batches,
     length_sorted_batches,
     padding_share,
     padding_summary,
@@ -45,7 +46,7 @@ def test_the_order_is_a_function_of_seed_and_epoch():
 
 def test_batches_hold_similar_lengths_and_come_in_a_shuffled_order():
     lengths = _lengths()  # uniform in 3..119: plain shuffling pads about half the tokens
-    batches = LengthGroupedBatches(lengths, 32, seed=0).batches(0)  # 32 batches: groups of 4
+    batches = LengthGroupedBatches(lengths, 32, seed=0).batches(0)  # 32 batches: groups of 8
     grouped, shuffled = padding_share(lengths, batches), padding_share(lengths, shuffled_batches(len(lengths), 32, 0))
     assert grouped < 0.2 < 0.4 < shuffled
     wide = padding_share(lengths, LengthGroupedBatches(lengths, 32, seed=0, group_batches=32).batches(0))
@@ -54,6 +55,14 @@ def test_batches_hold_similar_lengths_and_come_in_a_shuffled_order():
     assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
     summary = padding_summary(lengths, 32, 0)
     assert summary == {"padding_share_shuffled": shuffled, "padding_share_grouped": grouped}
+
+
+def test_the_default_group_is_a_quarter_of_the_epoch_and_short_epochs_are_not_grouped():
+    assert default_group_batches(1000, 32) == 8 and default_group_batches(600, 32) == 4 and default_group_batches(10**6, 32) == 50
+    assert default_group_batches(192, 32) == 1 and default_group_batches(5, 8) == 1  # under 16 batches: plain shuffling
+    lengths = _lengths(600)
+    grouped = padding_share(lengths, LengthGroupedBatches(lengths, 32, seed=0).batches(0))
+    assert grouped < 0.6 * padding_share(lengths, shuffled_batches(600, 32, 0))
 
 
 def test_padding_share_counts_pad_tokens():
