@@ -90,6 +90,7 @@ class TrainOptions:
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm to this; 0: no clipping"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     mixed_precision: str = field(default="auto", metadata={"help": f"{', '.join(PRECISIONS)} (auto: bf16 where the GPU or CPU runs it natively (AMX/AVX512-BF16), else fp32)"})
+    channels_last: str = field(default="auto", metadata={"help": "conv nets: channels-last weights in training: auto (on for 2-D conv nets on CPU, off for 3-D), on or off"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (one process; slower start, often faster steps)"})
     group_by_length: bool = field(default=True, metadata={"help": "text pipelines: batch texts of similar length (less padding; the order stays shuffled)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward: less memory, more compute"})

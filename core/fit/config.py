@@ -8,6 +8,7 @@ from scalpel.core.config import raise_if_problems
 from scalpel.core.schedules import SCHEDULES
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+CHANNELS_LAST = ("auto", "on", "off")
 DEVICES = ("auto", "cpu")
 TRACKERS = ("tensorboard", "mlflow")
 
@@ -32,6 +33,7 @@ class FitConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm to this; 0: no clipping"})
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 where the GPU or CPU runs it natively, else fp32; see core/fit/precision.py), no, bf16 or fp16"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present) or cpu"})
+    channels_last: str = field(default="auto", metadata={"help": "conv nets: train with channels-last weights: auto (on for 2-D conv nets on CPU, off for 3-D; see core/fit/memory_format.py), on or off"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model's forward (in place: parameter names are unchanged)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (models with gradient_checkpointing_enable)"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N optimizer steps; 0: only at epoch end"})
@@ -75,6 +77,8 @@ class FitConfig:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.mixed_precision not in PRECISIONS:
             problems.append(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
+        if self.channels_last not in CHANNELS_LAST:
+            problems.append(f"channels_last must be one of {', '.join(CHANNELS_LAST)}, got {self.channels_last!r}")
         if self.device not in DEVICES:
             problems.append(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         unknown = [t for t in self.trackers if t not in TRACKERS]

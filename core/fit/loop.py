@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from scalpel.core.config import config_to_dict
 from scalpel.core.errors import DataError, ScalpelError, TrainingError
 from scalpel.core.fit.config import FitConfig
+from scalpel.core.fit.memory_format import to_channels_last, to_contiguous
 from scalpel.core.fit.setup import (
     build_optimizer,
     compile_model,
@@ -49,6 +50,7 @@ from scalpel.core.fit.setup import (
     make_accelerator,
     on_device,
     open_epoch,
+    run_memory_format,
     run_precision,
     same_on_all_ranks,
     samples_in,
@@ -244,6 +246,8 @@ def _set_up(
     from accelerate.utils import set_seed
 
     set_seed(config.seed)
+    if run_memory_format(config, model).channels_last:  # after the method, so LoRA's conv factors are converted too
+        to_channels_last(model)
     if config.compile:  # refuses gradient checkpointing, so it never meets an enabled one
         compile_model(model, config, accelerator.num_processes)
     if config.gradient_checkpointing:
@@ -586,6 +590,7 @@ def _finish(run: _Run) -> FitResult:
     if config.load_best_at_end and progress.best_step is not None and progress.best_step != progress.step:
         run.trained.load_best(run.directory)
         metrics = dict(progress.best_metrics)
+    to_contiguous(run.trained.model)  # the caller merges, saves and predicts with ordinary weights
     result = FitResult(
         run_dir=run.directory.root, metrics=metrics, best_metric=progress.best_metric, best_step=progress.best_step,
         steps=progress.step, train_seconds=progress.train_seconds, adapter_dir=run.directory.adapter,
@@ -606,6 +611,7 @@ def _report(result: FitResult, model: nn.Module, config: FitConfig, progress: Pr
              f"- {parameter_report(model)}",
              f"- steps: {result.steps} ({progress.epoch} full epochs), samples: {progress.samples:,}",
              _precision_line(config),
+             _memory_format_line(config, model),
              f"- training time: {result.train_seconds:.1f} s"
              + (f" ({progress.samples / result.train_seconds:.1f} samples/s)" if result.train_seconds > 0 else ""),
              f"- final training loss: {result.train_loss:.6g}" if result.train_loss is not None else "- final training loss: n/a"]
@@ -623,6 +629,11 @@ def _precision_line(config: FitConfig) -> str:
     precision = run_precision(config)
     return (f"- precision: {precision.label} ({precision.reason}); weights, optimizer state and losses fp32"
             + ("; torch.compile" if config.compile else ""))
+
+
+def _memory_format_line(config: FitConfig, model: nn.Module) -> str:
+    memory_format = run_memory_format(config, model)
+    return f"- memory format in training: {memory_format.label} ({memory_format.reason})"
 
 
 def _flat(d: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from torch import nn
 
 from scalpel.core.errors import MissingDependencyError, ScalpelError
 from scalpel.core.fit.config import FitConfig
+from scalpel.core.fit.memory_format import MemoryFormat, choose_memory_format, conv_dims
 from scalpel.core.fit.precision import Precision, choose_precision, this_hardware
 
 #: tracker -> packages that provide it (Accelerate falls back to tensorboardX), extra that installs it
@@ -58,6 +59,11 @@ def trains_on_cpu(config: FitConfig) -> bool:
 def run_precision(config: FitConfig) -> Precision:
     """The precision ``config.mixed_precision`` means on this machine, and why (for the report)."""
     return choose_precision(config.mixed_precision, this_hardware(trains_on_cpu(config)))
+
+
+def run_memory_format(config: FitConfig, model: nn.Module) -> MemoryFormat:
+    """Whether ``config.channels_last`` means channels-last for ``model`` on this machine, and why."""
+    return choose_memory_format(config.channels_last, conv_dims(model), trains_on_cpu(config))
 
 
 def compile_model(model: nn.Module, config: FitConfig, processes: int) -> None:
