@@ -49,21 +49,17 @@ def sentiment_model(run: RunInfo) -> tuple[torch.nn.Module, Any]:
 
 def classify(model: torch.nn.Module, tokenizer: Any, texts: list[str], extra: dict[str, Any], batch_size: int = 64) -> list[dict[str, Any]]:
     """One row per text: text, label, score and one ``p(<label>)`` column per label."""
-    from scalpel.nlp.sentiment.data import encode_texts, make_collate
-    from scalpel.nlp.sentiment.task import probabilities
+    from scalpel.nlp.sentiment.predict import class_probabilities
 
     names = list(extra["label_names"])
     if not texts or any(not t.strip() for t in texts):
         raise DataError("give one or more non-empty texts")
-    encoded = encode_texts(tokenizer, texts, int(extra.get("max_length", 128)))
-    collate = make_collate(tokenizer)
     rows = []
-    for start in range(0, len(texts), batch_size):
-        items = [{k: v[i] for k, v in encoded.items()} for i in range(start, min(start + batch_size, len(texts)))]
-        for offset, p in enumerate(probabilities(model, collate(items))):
-            k = int(torch.argmax(p))
-            rows.append({"text": texts[start + offset], "label": names[k], "score": round(float(p[k]), 4),
-                         **{f"p({n})": round(float(v), 4) for n, v in zip(names, p)}})
+    # as `scalpel predict`: length-sorted batches, the precision fit trains with (auto)
+    for text, p in zip(texts, class_probabilities(model, tokenizer, texts, int(extra.get("max_length", 128)), batch_size=batch_size)):
+        k = int(torch.argmax(p))
+        rows.append({"text": text, "label": names[k], "score": round(float(p[k]), 4),
+                     **{f"p({n})": round(float(v), 4) for n, v in zip(names, p)}})
     return rows
 
 

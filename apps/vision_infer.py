@@ -51,12 +51,21 @@ def base_key(extra: dict[str, Any]) -> tuple:
             extra.get("image_size"))
 
 
+def _autocast(model: nn.Module):
+    """The precision ``fit`` trains with and ``scalpel predict`` uses (auto: bf16 where the device runs it natively)."""
+    from scalpel.core.fit.precision import inference_autocast
+
+    return inference_autocast("auto", next(model.parameters()).device)
+
+
 @torch.no_grad()
 def detect(model: nn.Module, image: np.ndarray) -> dict[str, torch.Tensor]:
     """``{"boxes" [N, 4] xyxy pixels, "labels" [N] (1-based class), "scores" [N]}`` on the original image."""
     from scalpel.vision.data.transforms import to_image
 
-    return {k: v.cpu() for k, v in model([to_image(image).float() / 255])[0].items()}
+    with _autocast(model):
+        out = model([to_image(image).float() / 255])[0]
+    return {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in out.items()}
 
 
 @torch.no_grad()
@@ -65,7 +74,8 @@ def segment(model: nn.Module, image: np.ndarray, size: int) -> np.ndarray:
     from scalpel.vision.data.transforms import segmentation_transforms, to_image
 
     x = segmentation_transforms(False, size)(to_image(image))[None]
-    logits = model(x)["out"]
+    with _autocast(model):
+        logits = model(x)["out"].float()
     logits = torch.nn.functional.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
     return logits.argmax(1)[0].to(torch.uint8).numpy()
 
@@ -74,7 +84,8 @@ def segment(model: nn.Module, image: np.ndarray, size: int) -> np.ndarray:
 def classify(model: nn.Module, image: np.ndarray, size: int, names: list[str]) -> dict[str, float]:
     from scalpel.vision.data.transforms import classification_transforms, to_image
 
-    probs = model(classification_transforms(False, size)(to_image(image))[None]).softmax(-1)[0]
+    with _autocast(model):
+        probs = model(classification_transforms(False, size)(to_image(image))[None]).float().softmax(-1)[0]
     return {n: float(p) for n, p in zip(names, probs)}
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from scalpel.core.batching import length_sorted_batches
 from scalpel.nlp.chat.template import end_of_turn_ids, render
 
 MAX_CLOSED_ANSWERS = 20
@@ -69,21 +70,25 @@ def closed_answers(references: Sequence[str]) -> set[str] | None:
 @torch.no_grad()
 def greedy_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int,
                    batch_size: int = 32) -> list[str]:
-    """The greedy reply to each prompt (left-padded batches; stops at the end-of-turn token)."""
+    """The greedy reply to each prompt, in prompt order (left-padded batches of prompts of
+    similar length, :func:`~scalpel.core.batching.length_sorted_batches`; stops at the
+    end-of-turn token)."""
     device = next(model.parameters()).device
     stop = end_of_turn_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"
-    answers: list[str] = []
+    texts = [render(tokenizer, p, add_generation_prompt=True) for p in prompts]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    answers: list[str] = [""] * len(texts)
     try:
-        for start in range(0, len(prompts), batch_size):
-            texts = [render(tokenizer, p, add_generation_prompt=True) for p in prompts[start:start + batch_size]]
-            inputs = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(device)
+        for batch in length_sorted_batches(lengths, batch_size):
+            inputs = tokenizer([texts[i] for i in batch], add_special_tokens=False, return_tensors="pt", padding=True).to(device)
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop, pad_token_id=pad)
             new = out[:, inputs["input_ids"].shape[1]:]
-            answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            for i, text in zip(batch, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                answers[i] = text.strip()
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

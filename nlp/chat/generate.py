@@ -19,6 +19,7 @@ from transformers import TextIteratorStreamer
 from torch import nn
 
 from scalpel.core.errors import ConfigError
+from scalpel.core.fit.precision import inference_autocast
 from scalpel.nlp.chat.template import end_of_turn_ids, render
 
 
@@ -50,11 +51,12 @@ class WholeCharacterStreamer(TextIteratorStreamer):
 
 def stream_reply(model: nn.Module, tokenizer: Any, messages: list[dict[str, str]], *, max_new_tokens: int = 64,
                  temperature: float = 0.7, top_p: float = 0.9, top_k: int = 50, repetition_penalty: float = 1.0,
-                 seed: int | None = None) -> Iterator[str]:
+                 seed: int | None = None, precision: str = "auto") -> Iterator[str]:
     """Yield the assistant's reply to ``messages`` piece by piece as it is generated.
 
     ``temperature == 0`` decodes greedily; otherwise it samples with temperature/top-p/top-k.
-    Generation stops at the end-of-turn token (``<|im_end|>`` for ChatML) or EOS.
+    Generation stops at the end-of-turn token (``<|im_end|>`` for ChatML) or EOS. ``precision``
+    is ``fit``'s choice (``auto``: bf16 where the device runs it natively; ``no``: fp32).
     """
     problems = []
     if temperature < 0:
@@ -83,8 +85,8 @@ def stream_reply(model: nn.Module, tokenizer: Any, messages: list[dict[str, str]
     errors: list[BaseException] = []
 
     def work() -> None:
-        try:
-            with torch.no_grad():
+        try:  # autocast is per thread: entered here, in the thread that generates
+            with torch.no_grad(), inference_autocast(precision, device):
                 model.generate(**kwargs)
         except BaseException as err:  # noqa: BLE001  re-raised in the caller's thread
             errors.append(err)

@@ -22,6 +22,7 @@ from torch import nn
 from scalpel.core.artifacts import load_adapter, read_adapter_meta
 from scalpel.core.errors import AdapterError, DataError
 from scalpel.core.files import atomic_write, refuse_pickle_weights
+from scalpel.core.fit.precision import inference_autocast
 from scalpel.core.options import MethodOptions, TrainOptions
 from scalpel.core.pipeline import Pipeline
 from scalpel.core.recipes import ModelDefaults
@@ -179,8 +180,9 @@ def build_kit(options: ChatOptions, method: MethodOptions, train: TrainOptions, 
     def evaluate(model: nn.Module) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        try:
-            return {**task.evaluate(model, held_batches), **(answers(model) if answers else {})}
+        try:  # under the precision fit trains and evaluates with
+            with inference_autocast(train.mixed_precision, next(model.parameters()).device):
+                return {**task.evaluate(model, held_batches), **(answers(model) if answers else {})}
         finally:
             model.train(was_training)
 
@@ -214,7 +216,8 @@ def base_for_adapter(meta: dict[str, Any], adapter_dir: Path) -> nn.Module:
 
 def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
     """One reply per prompt (``--file``: one prompt per line). Options: ``max_new_tokens``,
-    ``temperature``, ``top_p``, ``top_k``, ``seed``, ``system``."""
+    ``temperature``, ``top_p``, ``top_k``, ``seed``, ``system``, ``precision`` (``auto``: bf16
+    where the device runs it natively, as ``fit`` trains; ``no``: fp32)."""
     model, tokenizer, _ = load_chat_adapter(Path(adapter_dir))
     prompts = list(inputs)
     if options.get("file"):
@@ -222,7 +225,7 @@ def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> li
     if not prompts or any(not p.strip() for p in prompts):
         raise DataError("give one or more non-empty prompts")
     gen = {k: t(options[k]) for k, t in (("max_new_tokens", int), ("temperature", float), ("top_p", float),
-                                         ("top_k", int), ("seed", int)) if k in options}
+                                         ("top_k", int), ("seed", int), ("precision", str)) if k in options}
     rows = []
     for p in prompts:
         messages = ([{"role": "system", "content": options["system"]}] if options.get("system") else []) + [{"role": "user", "content": p}]

@@ -62,7 +62,7 @@ def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> li
     when that file has the label column, ``"true_label"`` and ``"correct"`` are added.
 
     Options: ``file``, ``text_column``, ``label_column``, ``batch_size`` (default 64),
-    ``mixed_precision`` (default ``auto``: bf16 where the hardware runs it natively).
+    ``precision`` (or ``mixed_precision``; default ``auto``: bf16 where the hardware runs it natively).
     """
     model, tokenizer, meta = load_for_prediction(Path(adapter_dir))
     extra = meta["extra"]
@@ -79,19 +79,12 @@ def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> li
             labels.encode(table.labels, options["file"])  # unknown labels: a clear error, not a silent miss
     if not texts:
         raise DataError("nothing to predict: give texts or file=PATH")
-    encoded = encode_texts(tokenizer, texts, int(extra.get("max_length", 128)))
-    collate = make_collate(tokenizer)
-    size = int(options.get("batch_size", 64))
-    # texts of similar length batched together (less padding), and the training run's precision
-    # choice (bf16 where the hardware runs it natively); results come back in input order
-    probs_of: dict[int, Tensor] = {}
-    with inference_autocast(options.get("mixed_precision", "auto"), next(model.parameters()).device):
-        for batch in length_sorted_batches([len(ids) for ids in encoded["input_ids"]], size):
-            probs = probabilities(model, collate([{k: v[i] for k, v in encoded.items()} for i in batch]))
-            probs_of.update(zip(batch, probs))
+    precision = options.get("precision", options.get("mixed_precision", "auto"))
+    probs = class_probabilities(model, tokenizer, texts, int(extra.get("max_length", 128)),
+                                batch_size=int(options.get("batch_size", 64)), precision=str(precision))
     results = []
     for i in range(len(texts)):
-        p = probs_of[i]
+        p = probs[i]
         k = int(torch.argmax(p))
         row = {"text": texts[i], "label": labels.names[k], "score": round(float(p[k]), 6),
                "probabilities": {n: round(float(v), 6) for n, v in zip(labels.names, p)}}
@@ -100,3 +93,20 @@ def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> li
             row["correct"] = row["true_label"] == row["label"]
         results.append(row)
     return results
+
+
+def class_probabilities(model: nn.Module, tokenizer: Any, texts: list[str], max_length: int, *, batch_size: int = 64,
+                        precision: str = "auto") -> Tensor:
+    """Softmax class probabilities of ``texts``, ``(len(texts), K)`` in input order, as ``scalpel
+    predict`` and the app compute them: texts of similar length batched together (less
+    padding) under the precision ``fit`` trains with (``auto``: bf16 where the hardware runs it
+    natively; :func:`~scalpel.core.fit.precision.inference_autocast`), outputs in fp32."""
+    encoded = encode_texts(tokenizer, texts, max_length)
+    collate = make_collate(tokenizer)
+    out: list[Tensor | None] = [None] * len(texts)
+    with inference_autocast(precision, next(model.parameters()).device):
+        for batch in length_sorted_batches([len(ids) for ids in encoded["input_ids"]], batch_size):
+            probs = probabilities(model, collate([{k: v[i] for k, v in encoded.items()} for i in batch]))
+            for i, p in zip(batch, probs):
+                out[i] = p
+    return torch.stack(out)  # type: ignore[arg-type]
