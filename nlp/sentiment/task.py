@@ -21,6 +21,7 @@ class ClassificationTask:
 
     def __init__(self, label_names: tuple[str, ...]):
         self.label_names = tuple(label_names)
+        self._last: tuple[tuple, dict[str, float]] | None = None  # (weights_state, metrics) of the last evaluate
 
     def step(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -28,7 +29,24 @@ class ClassificationTask:
         return {"loss": F.cross_entropy(logits.float(), batch["labels"]), "logits": logits}
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, float]:
-        return headline(classification_scores(model, batches, self.label_names))
+        metrics = headline(classification_scores(model, batches, self.label_names))
+        self._last = (weights_state(model), metrics)
+        return metrics
+
+    def last_metrics_of(self, model: nn.Module) -> dict[str, float] | None:
+        """The metrics of the last :meth:`evaluate` if ``model``'s trainable weights have not
+        changed since (None otherwise): ``fit`` evaluates the validation split after the last
+        epoch, and a run that keeps those weights need not evaluate them a second time."""
+        if self._last is None or self._last[0] != weights_state(model):
+            return None
+        return dict(self._last[1])
+
+
+def weights_state(model: nn.Module) -> tuple:
+    """Identifies the current values of ``model``'s trainable weights: each one's storage and
+    version counter, which every in-place change (an optimizer step, loading the best weights)
+    advances."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters() if p.requires_grad)
 
 
 def classification_scores(model: nn.Module, batches: Iterable[dict[str, Tensor]], label_names: tuple[str, ...]) -> dict[str, Any]:
