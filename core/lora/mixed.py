@@ -16,10 +16,16 @@ adapter, which is what makes one mixed pass faster than N passes on small batche
 
 What cannot differ per sample is refused, with the reason: an adapter that also carries
 another method (sparse, layer-wise) or trains base tensors in full (``train_full``), a
-merged adapter, and, in :func:`load_adapters`, adapters whose fully trained tensors or
-normalisation statistics differ (they live in the shared base). Every adapted layer must
-see the samples along dimension 0 (true of transformers and CNN classifiers; not of
-detection heads that flatten region proposals, which run one adapter at a time).
+merged adapter, and, in :func:`load_adapters`, adapters whose fully trained tensors differ
+(they live in the shared base). Every adapted layer must see the samples along dimension 0
+(true of transformers and CNNs; not of detection heads that flatten region proposals, which
+run one adapter at a time).
+
+Normalisation statistics may differ: site adapters of a BatchNorm network each carry the
+running statistics of their own site. :func:`load_adapters` keeps each adapter's (and the
+base's) and, in eval mode, every BatchNorm layer normalises each sample with its adapter's
+statistics, exactly as that adapter alone would. Any other layer with differing statistics is
+refused, as is a training-mode pass (a batch's statistics would mix the sites).
 """
 
 from __future__ import annotations
@@ -32,14 +38,19 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from scalpel.core.delta import state_of
+from scalpel.core.delta import base_name, norm_statistics, state_of
 from scalpel.core.errors import ScalpelError
 from scalpel.core.lora.config import LoraConfig
 from scalpel.core.lora.layers import LoraLayer, ModulesToSave
 
 #: (adapter name or None, first row, end row) for each run of samples sharing an adapter.
 Runs = list[tuple[str | None, int, int]]
+#: Model attribute set by :func:`load_adapters` when statistics differ:
+#: ``{adapter name or None (the base): {buffer base name: tensor}}``.
+STATISTICS_ATTR = "_scalpel_adapter_statistics"
 
 
 def sample_runs(names: Sequence[str | None]) -> Runs:
@@ -95,6 +106,9 @@ def mixed_adapters(model: nn.Module, names: Sequence[str | None]) -> Iterator[nn
             layer.active_adapter = None  # the layer's own forward is now its base; the hook adds the rest
             hook = _lora_hook(runs) if isinstance(layer, LoraLayer) else _saved_hook(runs)
             handles.append(layer.register_forward_hook(hook, with_kwargs=True))
+        statistics = getattr(model, STATISTICS_ATTR, None) or {}
+        for module_name, norm in _norms_with_statistics(model, statistics):
+            handles.append(norm.register_forward_hook(_norm_hook(runs, module_name, statistics)))
         yield model
     finally:
         for handle in handles:
@@ -157,6 +171,34 @@ def _saved_hook(runs: Runs):
     return hook
 
 
+def _norms_with_statistics(model: nn.Module, statistics: dict) -> list[tuple[str, _BatchNorm]]:
+    """The BatchNorm layers whose running statistics differ between the loaded adapters."""
+    named = set().union(*(s.keys() for s in statistics.values())) if statistics else set()
+    return [(base_name(n), m) for n, m in model.named_modules()
+            if isinstance(m, _BatchNorm) and f"{base_name(n)}.running_mean" in named]
+
+
+def _norm_hook(runs: Runs, module_name: str, statistics: dict):
+    mean_key, var_key = f"{module_name}.running_mean", f"{module_name}.running_var"
+
+    def hook(norm: _BatchNorm, args: tuple, result: Tensor) -> Tensor:
+        if norm.training:
+            raise ScalpelError("the loaded adapters carry different normalisation statistics, so a mixed-adapter "
+                               "batch normalises each sample with its own adapter's: call model.eval() first "
+                               "(a training-mode batch would mix the statistics of every adapter)")
+        x = args[0]
+        _check_rows(norm, x, runs)
+        parts = []
+        for name, start, end in runs:
+            own = statistics.get(name) or {}
+            mean, var = own.get(mean_key, statistics[None][mean_key]), own.get(var_key, statistics[None][var_key])
+            parts.append(F.batch_norm(x[start:end], mean.to(x.device), var.to(x.device), norm.weight, norm.bias,
+                                      False, 0.0, norm.eps))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    return hook
+
+
 # ----------------------------------------------------------------- comparing adapters
 
 
@@ -206,29 +248,67 @@ def compare_adapters(model: nn.Module, adapters: Sequence[str | None], batch: An
 
 def load_adapters(model: nn.Module, adapter_dirs: Sequence[str | os.PathLike]) -> list[str]:
     """Load several adapters onto one base for mixed batches; returns their adapter names
-    (``adapter0``, ``adapter1``, ...), in order.
+    (``adapter0``, ``adapter1``, ...), in order. Each adapter's normalisation statistics are
+    kept for mixed batches (see the module doc).
 
     Raises:
-        ScalpelError: two adapters carry different fully trained base tensors or
-            normalisation statistics (the base holds one copy), or one is not mixable.
+        ScalpelError: two adapters carry different fully trained base tensors (the base holds
+            one copy), statistics that differ outside a BatchNorm layer, or one is not mixable.
     """
     from scalpel.core.artifacts import STATS_PREFIX, WEIGHTS_FILE, load_adapter
     from scalpel.core.files import read_safetensors
 
+    statistics: dict[str | None, dict[str, Tensor]] = {None: norm_statistics(model, "")}  # the base's, before any load
     shared: dict[str, tuple[Path, Tensor]] = {}
     names = []
     for i, path in enumerate(adapter_dirs):
         name = f"adapter{i}"
         load_adapter(model, path, adapter_name=name)
         tensors = read_safetensors(Path(path) / WEIGHTS_FILE)
+        statistics[name] = {k[len(STATS_PREFIX):]: v for k, v in tensors.items() if k.startswith(STATS_PREFIX)}
         for key, value in tensors.items():
-            if not key.startswith(("scalpel.full.", STATS_PREFIX)):
+            if not key.startswith("scalpel.full."):
                 continue
             first = shared.setdefault(key, (Path(path), value))
             if first[1].shape != value.shape or not torch.equal(first[1], value):
-                what = "normalisation statistics" if key.startswith(STATS_PREFIX) else "fully trained tensors"
-                raise ScalpelError(f"{path} and {first[0]} carry different {what} ({key.split('.', 2)[-1]}), which "
-                                   "all samples of a mixed batch share; compare these adapters one at a time")
+                raise ScalpelError(f"{path} and {first[0]} carry different fully trained tensors ({key.split('.', 2)[-1]}), "
+                                   "which all samples of a mixed batch share; compare these adapters one at a time")
         names.append(name)
     check_mixable(model, names)
+    _keep_differing_statistics(model, statistics, [Path(p) for p in adapter_dirs])
     return names
+
+
+def _keep_differing_statistics(model: nn.Module, statistics: dict[str | None, dict[str, Tensor]], paths: list[Path]) -> None:
+    """Record the statistics for :func:`mixed_adapters` where they differ; refuse them outside BatchNorm."""
+    base = statistics[None]
+    differing = {key for own in list(statistics.values())[1:] for key, value in own.items()
+                 if key not in base or base[key].shape != value.shape or not torch.equal(base[key], value)}
+    if not differing:
+        object.__setattr__(model, STATISTICS_ATTR, None)
+        return
+    batch_norms = {base_name(n) for n, m in model.named_modules() if isinstance(m, _BatchNorm)}
+    outside = sorted(k for k in differing if k.rsplit(".", 1)[0] not in batch_norms)
+    if outside:
+        raise ScalpelError(f"the adapters {', '.join(map(str, paths))} carry different normalisation statistics in a "
+                           f"layer that is not BatchNorm ({outside[0]}); a mixed batch can only give each sample "
+                           "its own BatchNorm statistics: compare these adapters one at a time")
+    object.__setattr__(model, STATISTICS_ATTR, statistics)
+
+
+class AdaptersSideBySide(nn.Module):
+    """``model`` with ``adapters`` loaded, seen as one network whose output puts every
+    adapter's output side by side along dimension 1 (adapter 0's channels, then adapter 1's,
+    ...), computed by one mixed pass per call. Sliding-window or slice-by-slice inference
+    then stitches all adapters' predictions at once; ``output.chunk(len(adapters), 1)``
+    separates them. The model must return one tensor (logits)."""
+
+    def __init__(self, model: nn.Module, adapters: Sequence[str | None]):
+        super().__init__()
+        self.model, self.adapters = model, list(adapters)
+
+    def forward(self, x: Tensor) -> Tensor:
+        outputs = compare_adapters(self.model, self.adapters, x)
+        if not all(isinstance(o, Tensor) for o in outputs.values()):
+            raise ScalpelError("AdaptersSideBySide needs a model that returns one tensor; use compare_adapters instead")
+        return torch.cat(list(outputs.values()), dim=1)

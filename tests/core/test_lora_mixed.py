@@ -140,29 +140,50 @@ def test_full_trained_tensors_are_refused(tmp_path):
             pass
 
 
-def test_load_adapters_from_folders_and_refuse_different_statistics(tmp_path):
-    def saved(seed, stats_shift):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-        model[1].running_mean.add_(stats_shift)
-        sc.apply(model, LoraConfig(r=2, targets="0|2"), adapter_name="x")
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            for p in sc.trainable_parameters(model).values():
-                p.add_(torch.randn_like(p))
-        return sc.save_adapter(model, tmp_path / f"ad{seed}_{stats_shift}")
+def _saved_with_statistics(tmp_path, make, seed, stats_shift):
+    """An adapter of ``make()`` (random LoRA factors) whose norm layer's running statistics are shifted."""
+    torch.manual_seed(0)
+    model = make()
+    model[1].running_mean.add_(stats_shift)
+    model[1].running_var.mul_(1 + stats_shift)
+    sc.apply(model, LoraConfig(r=2, targets="0|2"), adapter_name="x")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in sc.trainable_parameters(model).values():
+            p.add_(torch.randn_like(p))
+    return sc.save_adapter(model, tmp_path / f"ad{seed}_{stats_shift}")
 
+
+def _batch_norm_net():
+    return nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("shifts", [(0.0, 0.0), (0.5, -0.3)], ids=["same statistics", "per-adapter statistics"])
+def test_load_adapters_gives_each_sample_its_adapters_batch_norm_statistics(tmp_path, shifts):
     def base():
         torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).eval()
+        return _batch_norm_net().eval()
 
-    dirs = [saved(1, 0.0), saved(2, 0.0)]
+    dirs = [_saved_with_statistics(tmp_path, _batch_norm_net, seed, shift) for seed, shift in zip((1, 2), shifts)]
     model = base()
     names = load_adapters(model, dirs)
     x = torch.randn(3, 4)
     with torch.no_grad():
-        outputs = compare_adapters(model, names, x)
+        outputs = compare_adapters(model, [None, *names], x)
+        torch.testing.assert_close(outputs[None], base()(x), rtol=1e-6, atol=1e-6)
         for name, path in zip(names, dirs):
             torch.testing.assert_close(outputs[name], sc.load_adapter(base(), path).eval()(x), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ScalpelError, match="different normalisation statistics"):
-        load_adapters(base(), [dirs[0], saved(3, 1.0)])
+        if shifts[0] != shifts[1]:  # the statistics matter: with one shared copy the first adapter would be wrong
+            assert not torch.allclose(outputs[names[0]], sc.load_adapter(base(), dirs[1]).eval()(x), atol=1e-3)
+            with pytest.raises(ScalpelError, match="model.eval"), mixed_adapters(model.train(), [names[0], names[1], None]):
+                model(x)
+
+
+def test_differing_statistics_outside_batch_norm_are_refused(tmp_path):
+    def make():
+        return nn.Sequential(nn.Conv1d(2, 2, 1), nn.InstanceNorm1d(2, track_running_stats=True), nn.Conv1d(2, 2, 1))
+
+    dirs = [_saved_with_statistics(tmp_path, make, 1, 0.0), _saved_with_statistics(tmp_path, make, 2, 1.0)]
+    torch.manual_seed(0)
+    with pytest.raises(ScalpelError, match="not BatchNorm"):
+        load_adapters(make().eval(), dirs)
