@@ -42,7 +42,7 @@ from scalpel.medical.folds import FoldMeans, fold_report, run_folds
 from scalpel.medical.kits import Records, TaskData, classification_data, classification_facts, segmentation_data, segmentation_spec
 from scalpel.medical.networks import SPEC, NetworkSpec, load_checkpoint, lora_target_types, save_checkpoint, spec_from_dict
 from scalpel.medical.options import ClassificationOptions, MedicalOptions, SegmentationOptions
-from scalpel.medical.predict import predict
+from scalpel.medical.predict import compare, predict
 from scalpel.medical.segmentation import distillation_task
 from scalpel.medical.site import ingest_site, site_records, split_cases
 from scalpel.medical.synthetic import STRUCTURES
@@ -253,10 +253,10 @@ QUICK = {"max_steps": 10, "scorer": "magnitude", "base_steps": 60, "log_every": 
 
 segmentation = Pipeline(
     name=SEGMENTATION, options_cls=SegmentationOptions, build_kit=build_kit, method=_METHOD,
-    train=TrainOptions(max_steps=60, batch_size=2, lr=5e-3, warmup_ratio=0.05), quick=QUICK, predict=predict,
+    train=TrainOptions(max_steps=60, batch_size=2, lr=5e-3, warmup_ratio=0.05), quick=QUICK, predict=predict, compare=compare,
     summary="3-D CT segmentation on MONAI UNet / SegResNet / SwinUNETR (DICOM series + NIfTI/SEG labels), site adaptation")
 classification = Pipeline(
     name=CLASSIFICATION, options_cls=ClassificationOptions, build_kit=build_kit, method=_METHOD,
-    train=TrainOptions(max_steps=60, batch_size=8, lr=2e-3, warmup_ratio=0.05), quick=QUICK, predict=predict,
+    train=TrainOptions(max_steps=60, batch_size=8, lr=2e-3, warmup_ratio=0.05), quick=QUICK, predict=predict, compare=compare,
     summary="CT classification on MONAI DenseNet121 / ResNet, 2-D slices or 3-D volumes (AUC, sensitivity, specificity)")
 PIPELINES = {p.name: p for p in (segmentation, classification)}

@@ -31,7 +31,7 @@ from torch import nn
 
 from scalpel.core.artifacts import SCALPEL_FILE, STATS_PREFIX, WEIGHTS_FILE, load_adapter, read_adapter_meta
 from scalpel.core.delta import base_name, load_norm_statistics, set_active_adapter
-from scalpel.core.errors import AdapterError, DataError
+from scalpel.core.errors import AdapterError, DataError, ScalpelError
 from scalpel.core.files import read_safetensors
 from scalpel.medical.base import SEGMENTATION, BaseSpec, check_base, load_base
 from scalpel.medical.classification import presence_samples
@@ -57,6 +57,12 @@ def predict_labels(model: nn.Module, spec: BaseSpec, hu: torch.Tensor, affine: t
         DataError: the series is smaller than the base's patch (``X x Y`` for a 2-D base, on the
             base's grid), or the base needs a grid and ``affine`` is missing.
     """
+    return label_maps(model, spec, hu, affine, parts=1)[0]
+
+
+def label_maps(model: nn.Module, spec: BaseSpec, hu: torch.Tensor, affine: torch.Tensor | None, parts: int) -> list[np.ndarray]:
+    """:func:`predict_labels` for a model whose logits hold ``parts`` predictions side by side
+    along the channel axis (:class:`~scalpel.core.lora.mixed.AdaptersSideBySide`): one map each."""
     if hu.dim() != 3:
         raise DataError(f"a series is an (X, Y, Z) volume, got shape {tuple(hu.shape)}")
     if (spec.spacing or spec.orientation) and affine is None:
@@ -66,8 +72,8 @@ def predict_labels(model: nn.Module, spec: BaseSpec, hu: torch.Tensor, affine: t
     device = next(model.parameters()).device
     model.eval()
     logits = SegmentationTask(spec.structures, spec.patch, hd95=False).logits(model, sample["image"].as_tensor()[None].to(device))[0]
-    probabilities = to_series_grid(logits.softmax(0).float().cpu(), sample, chain)
-    return probabilities.argmax(0).to(torch.uint8).numpy()
+    return [to_series_grid(part.softmax(0).float().cpu(), sample, chain).argmax(0).to(torch.uint8).numpy()
+            for part in logits.chunk(parts, 0)]
 
 
 def adapter_fingerprint(adapter_dir: str | os.PathLike) -> str:
@@ -234,30 +240,81 @@ def predict(adapter_dir: Path, inputs: list[str], options: dict[str, Any]) -> li
 
     model, extra = load_adapted(adapter_dir)
     with inference_autocast(str(options.get("precision", "auto")), next(model.parameters()).device):
-        return _predict(model, extra, inputs, options)
+        return _predict(model, extra, inputs, options, parts=1)[0]
 
 
-def _predict(model: nn.Module, extra: dict[str, Any], inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
+def compare(adapter_dirs: list[Path], inputs: list[str], options: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """:func:`predict`'s rows for each adapter of one base (site adapters, methods), in order, every
+    series through all adapters in one mixed-adapter pass per window (:func:`load_side_by_side`).
+    Adapters that cannot share a batch (sparse, layer-wise, full) run one at a time. Option
+    ``out=DIR`` writes ``DIR/<i>/<series>.nii.gz`` for adapter ``i``.
+
+    Raises:
+        AdapterError: the adapters were not trained on the same base checkpoint and task.
+    """
+    from scalpel.core.fit.precision import inference_autocast
+
+    outs = [{**options, "out": str(Path(options["out"]) / str(i))} if options.get("out") else options for i in range(len(adapter_dirs))]
+    try:
+        model, extra = load_side_by_side(adapter_dirs)
+    except AdapterError:
+        raise
+    except ScalpelError:  # not mixable (e.g. a sparse delta or full fine-tuning): exact only one at a time
+        return [predict(p, inputs, o) for p, o in zip(adapter_dirs, outs)]
+    with inference_autocast(str(options.get("precision", "auto")), next(model.parameters()).device):
+        return _predict(model, extra, inputs, options, parts=len(adapter_dirs), outs=outs)
+
+
+def load_side_by_side(adapter_dirs: list[str | os.PathLike]) -> tuple[nn.Module, dict[str, Any]]:
+    """The base of ``adapter_dirs`` with all of them loaded, as one
+    :class:`~scalpel.core.lora.mixed.AdaptersSideBySide` network (eval mode: each sample keeps
+    its adapter's BatchNorm statistics), and the adapters' shared ``extra``; its logits hold
+    the adapters' predictions side by side (``parts=len(adapter_dirs)`` in :func:`label_maps`).
+
+    Raises:
+        AdapterError: the adapters were not trained on the same base checkpoint and task;
+        ScalpelError: they cannot share a batch (see :mod:`scalpel.core.lora.mixed`).
+    """
+    from scalpel.core.lora.mixed import AdaptersSideBySide, load_adapters
+
+    metas = [read_adapter_meta(p) for p in adapter_dirs]
+    keys = [tuple(m.get("extra", {}).get(k) for k in ("task", "base_sha256", "network")) for m in metas]
+    if any(k != keys[0] for k in keys):
+        raise AdapterError(f"{adapter_dirs[0]} and the other adapters were not trained on the same base and task; compare "
+                           "adapters of one base")
+    model = base_for_adapter(metas[0], Path(adapter_dirs[0]))
+    slots = load_adapters(model, adapter_dirs)
+    return AdaptersSideBySide(model, slots).eval(), metas[0]["extra"]
+
+
+def _predict(model: nn.Module, extra: dict[str, Any], inputs: list[str], options: dict[str, Any], parts: int,
+             outs: list[dict[str, Any]] | None = None) -> list[list[dict[str, Any]]]:
+    """Rows for each of the ``parts`` predictions the model makes side by side."""
     if extra["task"] != SEGMENTATION:
-        return [_classify(model, extra, folder) for folder in inputs]
-    spec, rows = BaseSpec.from_dict(extra), []
+        per_series = [_classify(model, extra, folder, parts) for folder in inputs]
+        return [[rows[i] for rows in per_series] for i in range(parts)]
+    spec, per_part = BaseSpec.from_dict(extra), [[] for _ in range(parts)]
     for folder in inputs:
         series = read_series(folder)
-        labels = predict_labels(model, spec, series.hu, series.affine)
-        voxel_ml = float(torch.as_tensor(series.volume().affine)[:3, :3].norm(dim=0).prod()) / 1000.0
-        counts = np.bincount(labels.reshape(-1), minlength=len(spec.structures) + 1)
-        row = {"series": folder, "voxels": {n: int(counts[i]) for i, n in enumerate(spec.structures, start=1)},
-               "ml": {n: round(int(counts[i]) * voxel_ml, 3) for i, n in enumerate(spec.structures, start=1)}}
-        if options.get("out"):
-            path = Path(options["out"]) / f"{Path(folder).name}.nii.gz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_nifti(path, labels, series.volume().affine.numpy())
-            row["mask"] = str(path)
-        rows.append(row)
-    return rows
+        for rows, labels, part_options in zip(per_part, label_maps(model, spec, series.hu, series.affine, parts), outs or [options]):
+            rows.append(_segmentation_row(folder, series, spec, labels, part_options))
+    return per_part
 
 
-def _classify(model: nn.Module, extra: dict[str, Any], folder: str) -> dict[str, Any]:
+def _segmentation_row(folder: str, series: Any, spec: BaseSpec, labels: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
+    voxel_ml = float(torch.as_tensor(series.volume().affine)[:3, :3].norm(dim=0).prod()) / 1000.0
+    counts = np.bincount(labels.reshape(-1), minlength=len(spec.structures) + 1)
+    row = {"series": folder, "voxels": {n: int(counts[i]) for i, n in enumerate(spec.structures, start=1)},
+           "ml": {n: round(int(counts[i]) * voxel_ml, 3) for i, n in enumerate(spec.structures, start=1)}}
+    if options.get("out"):
+        path = Path(options["out"]) / f"{Path(folder).name}.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_nifti(path, labels, series.volume().affine.numpy())
+        row["mask"] = str(path)
+    return row
+
+
+def _classify(model: nn.Module, extra: dict[str, Any], folder: str, parts: int = 1) -> list[dict[str, Any]]:
     from monai.transforms import Compose
 
     size, dims, names = int(extra["size"]), int(extra["spatial_dims"]), extra["class_names"]
@@ -265,12 +322,17 @@ def _classify(model: nn.Module, extra: dict[str, Any], folder: str) -> dict[str,
         image = Compose(preprocessing(classification_preprocess(extra), keys=("image",)))({"image": folder})["image"]
     samples = presence_samples([(folder, image, torch.zeros_like(image, dtype=torch.long))], 1, spatial_dims=dims, size=size)
     with torch.no_grad():
-        probabilities = model(torch.stack([s["image"] for s in samples])).float().softmax(-1)
-    if dims == 2:  # a volume is positive where its most positive slice is
-        top = probabilities[:, 1].max()
-        probabilities = torch.stack([1 - top, top])[None]
-    p = probabilities[0]
-    return {"series": folder, "label": names[int(p.argmax())], "probabilities": {n: round(float(v), 4) for n, v in zip(names, p)}}
+        logits = model(torch.stack([s["image"] for s in samples])).float()
+    rows = []
+    for part in logits.chunk(parts, 1):
+        probabilities = part.softmax(-1)
+        if dims == 2:  # a volume is positive where its most positive slice is
+            top = probabilities[:, 1].max()
+            probabilities = torch.stack([1 - top, top])[None]
+        p = probabilities[0]
+        rows.append({"series": folder, "label": names[int(p.argmax())],
+                     "probabilities": {n: round(float(v), 4) for n, v in zip(names, p)}})
+    return rows
 
 
 def _slot(adapter_dir: Path | None) -> str:

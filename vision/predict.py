@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from scalpel.core.artifacts import load_adapter, read_adapter_meta
-from scalpel.core.errors import AdapterError
+from scalpel.core.errors import AdapterError, ScalpelError
 from scalpel.vision.data.images import load_rgb
 from scalpel.vision.data.transforms import classification_transforms, segmentation_transforms, to_image
 from scalpel.vision.models import build_model
@@ -43,30 +43,79 @@ def base_for_adapter(meta: dict[str, Any], adapter_dir: Path) -> nn.Module:
 def predict(adapter_dir: Path, inputs: Sequence[str], options: dict[str, Any]) -> list[dict[str, Any]]:
     """One result per image path. Options: ``threshold`` (detection, default 0.3), ``precision``
     (``auto``: bf16 where the device runs it natively, as ``fit`` trains; ``no``: fp32)."""
-    from scalpel.core.fit.precision import inference_autocast
-
     model, extra = load_adapted(adapter_dir)
+    return _rows(model, extra, _read(inputs), options, None)[0]
+
+
+def _read(paths: Sequence[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    for path in paths:
+        yield path, to_image(load_rgb(Path(path)))
+
+
+def compare(adapter_dirs: Sequence[Path], inputs: Sequence[str], options: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """:func:`predict`'s rows for each adapter of one base, in ``adapter_dirs`` order, every image
+    through all adapters in one mixed-adapter pass (:mod:`scalpel.core.lora.mixed`). Detectors
+    (whose heads flatten region proposals) and adapters that cannot share a batch (sparse,
+    layer-wise, full) run one adapter at a time.
+
+    Raises:
+        AdapterError: the adapters were not trained on the same base (model, weights, classes, size).
+    """
+    return compare_images(adapter_dirs, list(_read(inputs)), options)
+
+
+def compare_images(adapter_dirs: Sequence[Path], images: Sequence[tuple[str, torch.Tensor]],
+                   options: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """:func:`compare` on images in memory: ``(name, uint8 (3, H, W) tensor)`` pairs; rows name them."""
+    from scalpel.core.lora.mixed import load_adapters
+
+    metas = [read_adapter_meta(p) for p in adapter_dirs]
+    extra = metas[0].get("extra", {})
+    same = ("model", "task", "num_classes", "class_names", "image_size", "base_weights")
+    for path, meta in zip(adapter_dirs[1:], metas[1:]):
+        differ = [k for k in same if meta.get("extra", {}).get(k) != extra.get(k)]
+        if differ:
+            raise AdapterError(f"{path} and {adapter_dirs[0]} were not trained on the same base ({', '.join(differ)} differ); "
+                               "compare adapters of one base")
+    if extra.get("task") != "detection":
+        model = base_for_adapter(metas[0], Path(adapter_dirs[0]))
+        try:
+            slots = load_adapters(model, adapter_dirs)
+        except ScalpelError:  # e.g. a sparse delta or full fine-tuning: exact only one adapter at a time
+            pass
+        else:
+            return _rows(model.eval(), extra, images, options, slots)
+    return [_rows(load_adapted(p)[0], extra, images, options, None)[0] for p in adapter_dirs]
+
+
+def _rows(model: nn.Module, extra: dict[str, Any], images: Iterable[tuple[str, torch.Tensor]], options: dict[str, Any],
+          slots: list[str] | None) -> list[list[dict[str, Any]]]:
+    """Rows per adapter slot (``None``: the model as it is, one list) for ``(name, image)`` pairs."""
+    from scalpel.core.fit.precision import inference_autocast
+    from scalpel.core.lora.mixed import compare_adapters
+
     names, task, size = extra["class_names"], extra["task"], extra["image_size"]
     threshold = float(options.get("threshold", 0.3))
-    rows = []
+    per_slot: list[list[dict[str, Any]]] = [[] for _ in slots or [None]]
     with torch.no_grad(), inference_autocast(str(options.get("precision", "auto")), next(model.parameters()).device):
-        for path in inputs:
-            image = to_image(load_rgb(Path(path)))
+        for path, image in images:
             if task == "detection":
                 out = model([image.float() / 255])[0]
                 keep = out["scores"] >= threshold
-                rows.append({"image": path, "objects": [
+                per_slot[0].append({"image": path, "objects": [
                     {"label": names[int(k) - 1], "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
                     for b, k, s in zip(out["boxes"][keep], out["labels"][keep], out["scores"][keep])
                 ]})
-            elif task == "segmentation":
-                x = segmentation_transforms(False, size)(image)
-                mask = model(x[None])["out"].argmax(1)[0]
-                counts = torch.bincount(mask.reshape(-1), minlength=len(names))
-                rows.append({"image": path, "size": size, "pixels": {n: int(c) for n, c in zip(names, counts) if c}})
-            else:
-                x = classification_transforms(False, size)(image)
-                probs = model(x[None]).float().softmax(-1)[0]
-                top = int(probs.argmax())
-                rows.append({"image": path, "label": names[top], "score": round(float(probs[top]), 4)})
-    return rows
+                continue
+            x = (segmentation_transforms if task == "segmentation" else classification_transforms)(False, size)(image)[None]
+            outputs = [model(x)] if slots is None else list(compare_adapters(model, slots, x).values())
+            for rows, out in zip(per_slot, outputs):
+                if task == "segmentation":
+                    mask = out["out"].argmax(1)[0]
+                    counts = torch.bincount(mask.reshape(-1), minlength=len(names))
+                    rows.append({"image": path, "size": size, "pixels": {n: int(c) for n, c in zip(names, counts) if c}})
+                else:
+                    probs = out.float().softmax(-1)[0]
+                    top = int(probs.argmax())
+                    rows.append({"image": path, "label": names[top], "score": round(float(probs[top]), 4)})
+    return per_slot
