@@ -7,7 +7,8 @@ made in memory too. Patient-identifying header fields are hidden unless the user
 "Show patient information". Site adapters are the runs of ``scalpel medical adapt``
 (``extra.task == "medical.site"``) and of ``scalpel run medical.segmentation`` on a base
 (``"medical.segmentation"``); their base is loaded once per base checkpoint
-(``st.cache_resource``) and adapters are switched on it without reloading it.
+(``st.cache_resource``) and adapters are switched on it without reloading it. Other adapters of
+the same base can be compared on the series in one mixed-adapter pass.
 """
 
 from __future__ import annotations
@@ -83,8 +84,61 @@ def segmentation_panel(series: UploadedSeries, root: str) -> UploadPrediction | 
         st.download_button("Download the DICOM SEG", data=prediction.seg, file_name="segmentation.dcm",
                            mime="application/dicom", key="seg_download",
                            help="A DICOM Segmentation referencing the uploaded slices, naming the algorithm and adapter")
+        compare_panel(series, run, runs, prediction)
         return prediction
     return None
+
+
+@st.cache_resource(show_spinner="Loading the adapters onto one base...", max_entries=2)
+def _side_by_side(adapter_dirs: tuple[str, ...]):
+    """One base with these adapters loaded for mixed-adapter passes, and a lock for it."""
+    from scalpel.medical.predict import load_side_by_side
+
+    return load_side_by_side(list(adapter_dirs)), threading.Lock()
+
+
+def compare_panel(series: UploadedSeries, run: RunInfo, runs: list[RunInfo], prediction: UploadPrediction) -> None:
+    """Other adapters of the same base on this series, all in one mixed-adapter pass (each sample
+    keeps its own adapter's BatchNorm statistics): volumes per structure and Dice against the chosen one."""
+    from scalpel.core.errors import AdapterError, ScalpelError
+    from scalpel.medical.base import BaseSpec
+    from scalpel.medical.predict import label_maps, read_series
+
+    others = [r for r in runs if r.adapter_dir != run.adapter_dir and r.extra.get("base_dir") == run.extra.get("base_dir")]
+    if not others:
+        return
+    labels = [_run_label(r) for r in others]
+    picked = st.multiselect("Compare with other adapters of this base (one mixed-adapter pass)", labels, key="medical_compare")
+    if not picked:
+        return
+    chosen = [run, *[others[labels.index(p)] for p in picked]]
+    prepared = read_series(series.datasets)
+    try:
+        (model, extra), lock = _side_by_side(tuple(str(r.adapter_dir) for r in chosen))
+        with lock:
+            maps = label_maps(model, BaseSpec.from_dict(extra), prepared.hu, prepared.affine, len(chosen))
+        how = "one mixed-adapter pass"
+    except AdapterError:
+        raise
+    except ScalpelError as err:  # e.g. full fine-tuning or a sparse delta: exact only one adapter at a time
+        sites, lock = _site_adapters(str(run.extra.get("base_dir")))
+        with lock:
+            maps = [sites.predict(prepared, r.adapter_dir) for r in chosen]
+        how = f"one adapter at a time ({err})"
+    st.dataframe(comparison_rows([_run_label(r) for r in chosen], maps, prediction.structures), hide_index=True)
+    st.caption(f"Compared in {how}; Dice against the first row ({_run_label(run)}), over all structures.")
+
+
+def comparison_rows(names: list[str], maps: list[np.ndarray], structures: list[str]) -> list[dict]:
+    """One row per adapter: voxels per structure and the Dice of its foreground with the first map's."""
+    first = maps[0] > 0
+    rows = []
+    for name, labels in zip(names, maps):
+        fg = labels > 0
+        dice = 2 * float(np.sum(fg & first)) / max(float(np.sum(fg) + np.sum(first)), 1.0)
+        rows.append({"adapter": name, **{s: int(np.sum(labels == k)) for k, s in enumerate(structures, start=1)},
+                     "Dice vs first": round(dice, 3)})
+    return rows
 
 
 @st.cache_resource(show_spinner="Reading the example series...", max_entries=2)

@@ -3,7 +3,8 @@ segmentation overlays with an opacity slider, classification probabilities; resu
 downloadable (COCO JSON for detections, PNG label masks for segmentation).
 
 The base is built once per (model, classes, weights) with ``st.cache_resource``; the
-adapters of that base are loaded onto it once and switched (:class:`AdapterSlots`).
+adapters of that base are loaded onto it once and switched (:class:`AdapterSlots`). Other
+adapters of the same base can be compared on the same images in one mixed-adapter pass.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def main() -> None:
         threshold = st.slider("Score threshold", 0.0, 1.0, 0.3, 0.01, key="vision_threshold")
     elif task == "segmentation":
         opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="vision_opacity")
+    others = compare_choices(run)
+    compare_with = st.multiselect("Compare with other adapters of this base (one mixed-adapter pass)", list(others),
+                                  key="vision_compare") if others else []
     if not uploads and not st.session_state.get("vision_examples"):
         st.info("Upload one or more images, or try the examples.")
         return
@@ -51,8 +55,9 @@ def main() -> None:
         return
     with friendly_errors("Cannot run the model"):
         model = None
-        detections, masks = [], []
+        detections, masks, shown = [], [], []
         for name, image in _images(uploads, run):
+            shown.append((name, image))
             if model is None:
                 with st.spinner("Loading the model..."):
                     model = vision_model(run)
@@ -75,12 +80,49 @@ def main() -> None:
                 st.image(image)
                 st.dataframe(sorted(({"class": k, "probability": round(v, 4)} for k, v in probs.items()),
                                     key=lambda r: -r["probability"]), hide_index=True)
+        if compare_with and shown:
+            st.subheader("Adapters compared")
+            st.dataframe(compare_rows([run, *(others[n] for n in compare_with)], shown, threshold if task == "detection" else 0.0),
+                         hide_index=True, key="vision_comparison")
         if detections:
             st.download_button("Download detections (COCO JSON)", vi.coco_json(detections, names, threshold),
                                file_name="detections.json", mime="application/json", key="vision_coco")
         if masks:
             st.download_button("Download masks (PNG, zipped)", vi.masks_zip(masks), file_name="masks.zip",
                                mime="application/zip", key="vision_masks")
+
+
+def compare_choices(run: RunInfo) -> dict[str, RunInfo]:
+    """The other runs of the same base (model, classes, weights) and task as ``run``, by name."""
+    from scalpel.apps.runs import find_runs
+
+    runs, _ = find_runs(st.session_state.get("runs_dir") or ".", vi.VISION_TASKS)
+    same = lambda r: vi.base_key(r.extra) == vi.base_key(run.extra) and r.extra.get("task") == run.extra.get("task")  # noqa: E731
+    return {r.name: r for r in runs if r.name != run.name and same(r)}
+
+
+def compare_rows(runs: list[RunInfo], images: list, threshold: float) -> list[dict]:
+    """One row per image: each adapter's answer, from one mixed-adapter pass per image
+    (:func:`scalpel.vision.predict.compare_images`; detectors run one adapter at a time)."""
+    from scalpel.vision.data.transforms import to_image
+    from scalpel.vision.predict import compare_images
+
+    with st.spinner(f"Comparing {len(runs)} adapters..."):
+        tensors = [(name, to_image(image)) for name, image in images]
+        per_adapter = compare_images([r.adapter_dir for r in runs], tensors, {"threshold": threshold})
+    rows = []
+    for i, (name, _) in enumerate(images):
+        row = {"image": name}
+        for run, results in zip(runs, per_adapter):
+            result = results[i]
+            if "objects" in result:
+                row[f"{run.name}: objects"] = len(result["objects"])
+            elif "pixels" in result:
+                row[f"{run.name}: pixels"] = ", ".join(f"{k} {v}" for k, v in result["pixels"].items())
+            else:
+                row[f"{run.name}: label"], row[f"{run.name}: score"] = result["label"], result["score"]
+        rows.append(row)
+    return rows
 
 
 def _images(uploads, run: RunInfo):

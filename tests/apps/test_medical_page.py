@@ -99,7 +99,7 @@ def test_upload_size_limit():
 
 @pytest.fixture(scope="module")
 def site_runs(tmp_path_factory):
-    """A runs root with two site adapters (LoRA, full) on one tiny base, and an unseen scanner-B series."""
+    """A runs root with three site adapters (two LoRA, one full) on one tiny base, and an unseen scanner-B series."""
     from scalpel.medical.adapt import AdaptOptions, BaseSpec, adapt_site, train_base
     from scalpel.medical.segmentation import UNetSpec
     from scalpel.medical.synthetic import STRUCTURES, write_site
@@ -109,8 +109,8 @@ def site_runs(tmp_path_factory):
     write_site(root / "B", "B", cases=2, shape=(16, 16, 16), seed=2)
     spec = BaseSpec(UNetSpec(out_channels=3, channels=(4, 8), strides=(2,)), STRUCTURES, patch=(16, 16, 16))
     train_base(root / "A", root / "base", spec, steps=2)
-    for method in ("lora", "full"):
-        adapt_site(root / "base", root / "B", root / "runs" / method, AdaptOptions(method=method, site=f"B-{method}", steps=1,
+    for folder, method, steps in (("lora", "lora", 1), ("full", "full", 1), ("lora2", "lora", 2)):
+        adapt_site(root / "base", root / "B", root / "runs" / folder, AdaptOptions(method=method, site=f"B-{folder}", steps=steps,
                                                                                   deidentify=False))
     new = write_site(root / "new", "B", cases=1, shape=(16, 16, 16), seed=9)[0]
     small = write_site(root / "small", "B", cases=1, shape=(16, 16, 8), seed=3)[0]
@@ -163,7 +163,7 @@ def test_page_overlay_opacity_seg_download_and_adapter_switch(site_runs):
     at.file_uploader(key="dicom_files").set_value(("ct.zip", _zip(site_runs["series"]), "application/zip")).run()
     assert not at.exception and not at.error
     options = at.selectbox(key="medical_run").options
-    assert len(options) == 3 and any("B-lora" in o for o in options) and any("B-full" in o for o in options)
+    assert len(options) == 4 and any("B-lora " in o for o in options) and any("B-full" in o for o in options)
     assert "overlay: dim sphere (red" in _texts(at) and len(at.get("download_button")) == 1
     assert "not available" not in _texts(at)
     at.slider(key="seg_opacity").set_value(0.9).run()
@@ -187,3 +187,37 @@ def test_page_segmentation_errors_are_messages(site_runs, tmp_path):
     at.session_state["runs_dir"] = str(tmp_path)
     at.run()
     assert not at.exception and any("No site adapters" in i.value for i in at.info)
+
+
+def test_side_by_side_label_maps_equal_each_adapter_alone(site_runs):
+    from scalpel.apps.medical_page import comparison_rows
+    from scalpel.medical.base import BaseSpec
+    from scalpel.medical.predict import SiteAdapters, label_maps, load_side_by_side, read_series
+
+    adapters = [site_runs["runs"] / "lora" / "adapter", site_runs["runs"] / "lora2" / "adapter"]
+    series = read_series(site_runs["series"][0].parent)
+    model, extra = load_side_by_side(adapters)
+    maps = label_maps(model, BaseSpec.from_dict(extra), series.hu, series.affine, parts=2)
+    sites = SiteAdapters(site_runs["root"] / "base")
+    for labels, adapter in zip(maps, adapters):
+        np.testing.assert_array_equal(labels, sites.predict(series, adapter))
+    rows = comparison_rows(["a", "b"], maps, ["s1", "s2"])
+    assert rows[0]["Dice vs first"] == 1.0 and set(rows[1]) == {"adapter", "s1", "s2", "Dice vs first"}
+
+
+def test_page_compares_adapters_in_one_pass_or_one_at_a_time(site_runs):
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["runs_dir"] = str(site_runs["runs"])
+    at.run()
+    at.file_uploader(key="dicom_files").set_value(("ct.zip", _zip(site_runs["series"]), "application/zip")).run()
+    lora = next(o for o in at.selectbox(key="medical_run").options if "B-lora " in o)
+    at.selectbox(key="medical_run").select(lora).run()
+    others = at.multiselect(key="medical_compare").options
+    assert len(others) == 2
+    at.multiselect(key="medical_compare").set_value([o for o in others if "B-lora2" in o]).run()
+    assert not at.exception and not at.error
+    table = at.dataframe[-1].value
+    assert len(table) == 2 and "one mixed-adapter pass" in _texts(at)
+    at.multiselect(key="medical_compare").set_value(list(others)).run()
+    assert not at.exception and not at.error
+    assert len(at.dataframe[-1].value) == 3 and "one adapter at a time" in _texts(at)

@@ -24,11 +24,17 @@ PAGE = str(Path(__file__).resolve().parents[2] / "apps" / "vision_page.py")
 NAMES = ["circle", "square"]
 
 
-def _run(root: Path, name: str, model_name: str, task: str, size: int) -> Path:
+def _run(root: Path, name: str, model_name: str, task: str, size: int, seed: int | None = None) -> Path:
     num = len(NAMES) + 1
+    torch.manual_seed(0)
     model = build_model(model_name, num, image_size=size, task=task)
     spec = spec_for(model_name, task)
     model = adapt(model, "lora", targets=names_regex(adaptable_layers(model, spec)), head=head_modules(model, spec), r=2, alpha=4)
+    if seed is not None:  # a second adapter of the same base that predicts differently
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for p in sc.trainable_parameters(model).values():
+                p.add_(torch.randn_like(p) * 0.5)
     extra = {"task": task, "model": model_name, "num_classes": num, "class_names": NAMES, "image_size": size, "base_weights": ""}
     return sc.save_adapter(model, root / name / "adapter", metrics={"score": 0.1}, extra=extra,
                            base_model={"name_or_path": model_name})
@@ -39,6 +45,7 @@ def vision_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("vision_runs")
     _run(root, "det", "ssdlite320_mobilenet_v3_large", "detection", 64)
     _run(root, "seg", "lraspp_mobilenet_v3_large", "segmentation", 64)
+    _run(root, "seg2", "lraspp_mobilenet_v3_large", "segmentation", 64, seed=1)
     return root
 
 
@@ -98,3 +105,28 @@ def test_no_vision_runs_says_how_to_make_one(tmp_path):
     at.session_state["runs_dir"] = str(tmp_path)
     at.run()
     assert not at.exception and any("make demo" in i.value for i in at.info)
+
+
+def test_segmentation_page_compares_adapters_of_one_base(vision_runs):
+    at = _app(vision_runs, "seg/adapter")
+    assert at.multiselect(key="vision_compare").options == ["seg2/adapter"]  # the detector is another base
+    at.multiselect(key="vision_compare").set_value(["seg2/adapter"])
+    at.file_uploader(key="vision_images").set_value(("a.png", _png(), "image/png")).run()
+    assert not at.exception and not at.error
+    [row] = at.dataframe[-1].value.to_dict("records")
+    assert set(row) == {"image", "seg/adapter: pixels", "seg2/adapter: pixels"}
+
+
+def test_compare_images_matches_each_adapter_alone(vision_runs):
+    from scalpel.vision.data.transforms import to_image
+    from scalpel.vision.predict import _rows, compare_images, load_adapted
+
+    image = to_image(np.array(Image.open(io.BytesIO(_png()))))
+    adapters = [vision_runs / "seg" / "adapter", vision_runs / "seg2" / "adapter"]
+    torch.manual_seed(0)  # these bases have no weights file: each build draws them, as the fixture did
+    together = compare_images(adapters, [("a.png", image)], {})
+    alone = []
+    for adapter in adapters:
+        torch.manual_seed(0)
+        alone.append(_rows(*load_adapted(adapter), [("a.png", image)], {}, None)[0])
+    assert together == alone and alone[0] != alone[1]
