@@ -82,6 +82,28 @@ def toy_lora_model(seed: int = 0) -> nn.Module:
     return model
 
 
+def fit_config(tmp_path, name: str, **kw) -> FitConfig:
+    """A quick CPU fit into ``tmp_path / name``: lr 5e-2 constant, a log line every step, no checkpoints."""
+    base = dict(output_dir=str(tmp_path / name), lr=5e-2, log_every=1, save_every=0, progress=False, seed=4,
+                schedule="constant", device="cpu")
+    return FitConfig(**{**base, **kw})
+
+
+def scrambled_lora_model() -> nn.Module:
+    """The same frozen base as :func:`toy_lora_model`, other adapter weights: a resume must restore all of them."""
+    model = toy_lora_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    return model
+
+
+def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the model's trainable tensors, by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
 def loader(batch_size: int = 4, shuffle: bool = True, n: int = 48) -> DataLoader:
     return DataLoader(toy_data(n), batch_size=batch_size, shuffle=shuffle)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fit_toy import RegressionTask, toy_lora_model
+from fit_toy import RegressionTask, fit_config, scrambled_lora_model, toy_lora_model, trained_tensors
 from torch.utils.data import DataLoader, TensorDataset
 
 from scalpel.core.batching import (
@@ -17,7 +17,7 @@ from scalpel.core.batching import (
     shuffled_batches,
 )
 from scalpel.core.errors import ConfigError
-from scalpel.core.fit import FitConfig, fit
+from scalpel.core.fit import fit
 
 
 def _lengths(n: int = 1000, seed: int = 0) -> list[int]:
@@ -82,25 +82,6 @@ def test_bad_settings_are_reported_together():
     assert "batch_size" in str(err.value) and "group_batches" in str(err.value) and "empty" in str(err.value)
 
 
-def _config(tmp_path, name, **kw):
-    base = dict(output_dir=str(tmp_path / name), lr=5e-2, log_every=1, save_every=0, progress=False, seed=4,
-                schedule="constant", device="cpu")
-    return FitConfig(**{**base, **kw})
-
-
-def _trained(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _scrambled_lora_model():
-    model = toy_lora_model()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(1.0)
-    return model
-
-
 def test_length_grouped_batches_resume_exactly_in_fit(tmp_path):
     x = torch.randn(40, 8, generator=torch.Generator().manual_seed(2))
     data = TensorDataset(x, x[:, :2] * 3)
@@ -110,10 +91,10 @@ def test_length_grouped_batches_resume_exactly_in_fit(tmp_path):
         return DataLoader(data, batch_sampler=LengthGroupedBatches(lengths, batch_size=4, seed=4, group_batches=3))
 
     straight, loader = toy_lora_model(), grouped()
-    fit(straight, RegressionTask(), loader, None, _config(tmp_path, "a", max_steps=14))
+    fit(straight, RegressionTask(), loader, None, fit_config(tmp_path, "a", max_steps=14))
     assert loader.batch_sampler.epoch == 1  # fit set the epoch, so epoch 1 had its own order
-    fit(toy_lora_model(), RegressionTask(), grouped(), None, _config(tmp_path, "b", max_steps=7, save_every=7))
-    resumed = _scrambled_lora_model()  # step 7 is mid-epoch 0 (10 batches an epoch), step 14 is mid-epoch 1
-    fit(resumed, RegressionTask(), grouped(), None, _config(tmp_path, "b", max_steps=14, save_every=7, resume=True))
-    for name, a in _trained(straight).items():
-        assert torch.equal(a, _trained(resumed)[name]), name
+    fit(toy_lora_model(), RegressionTask(), grouped(), None, fit_config(tmp_path, "b", max_steps=7, save_every=7))
+    resumed = scrambled_lora_model()  # step 7 is mid-epoch 0 (10 batches an epoch), step 14 is mid-epoch 1
+    fit(resumed, RegressionTask(), grouped(), None, fit_config(tmp_path, "b", max_steps=14, save_every=7, resume=True))
+    for name, a in trained_tensors(straight).items():
+        assert torch.equal(a, trained_tensors(resumed)[name]), name

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fit_toy import trained_tensors
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -84,7 +85,7 @@ def _fit(tmp_path, name, net, **kw):
     task = _Task()
     fit(net, task, _loader(), None, config)
     assert set(task.channels_last) == {config.channels_last == "on"}
-    return {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+    return trained_tensors(net)
 
 
 def test_channels_last_training_resumes_bit_exactly_and_returns_ordinary_weights(tmp_path):

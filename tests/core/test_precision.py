@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fit_toy import RegressionTask, loader, toy_lora_model
+from fit_toy import RegressionTask, fit_config, loader, scrambled_lora_model, toy_lora_model, trained_tensors
 from safetensors.torch import load_file
 
 from scalpel.core.errors import ScalpelError
-from scalpel.core.fit import FitConfig, fit
+from scalpel.core.fit import fit
 from scalpel.core.fit.precision import Hardware, choose_precision, cpu_summary, native_cpu_bf16, read_cpu_flags
 
 XEON_SPR = frozenset("fpu avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8".split())
@@ -47,37 +47,17 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert "native bf16: AMX-BF16" in cpu_summary(flags) and "avx2" in cpu_summary(flags)
 
 
-def _config(tmp_path, name, **kw):
-    base = dict(output_dir=str(tmp_path / name), lr=5e-2, log_every=1, save_every=0, progress=False, seed=4,
-                schedule="constant", device="cpu")
-    return FitConfig(**{**base, **kw})
-
-
-def _scrambled_lora_model():
-    """The same frozen base, other adapter weights: a resume must restore all of them."""
-    model = toy_lora_model()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(1.0)
-    return model
-
-
-def _trained(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def test_under_bf16_the_weights_optimizer_state_losses_and_adapter_stay_fp32(tmp_path):
     model = toy_lora_model()
     result = fit(model, RegressionTask(), loader(), loader(shuffle=False),
-                 _config(tmp_path, "bf16", max_steps=4, mixed_precision="bf16"))
+                 fit_config(tmp_path, "bf16", max_steps=4, mixed_precision="bf16"))
     assert all(p.dtype == torch.float32 for p in model.parameters())
     saved = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     assert saved and all(t.dtype == torch.float32 for t in saved.values())
     fp32 = toy_lora_model()
-    fit(fp32, RegressionTask(), loader(), None, _config(tmp_path, "fp32", max_steps=4, mixed_precision="no"))
+    fit(fp32, RegressionTask(), loader(), None, fit_config(tmp_path, "fp32", max_steps=4, mixed_precision="no"))
     # bf16 really ran: the same steps give other weights than fp32 (8 mantissa bits against 24)
-    assert any(not torch.equal(a, b) for a, b in zip(_trained(model).values(), _trained(fp32).values()))
+    assert any(not torch.equal(a, b) for a, b in zip(trained_tensors(model).values(), trained_tensors(fp32).values()))
     report = (tmp_path / "bf16" / "report.md").read_text()
     assert "precision: bf16 autocast (asked for)" in report
     assert "precision: fp32" in (tmp_path / "fp32" / "report.md").read_text()
@@ -95,20 +75,20 @@ class _StateProbe:
 
 def test_the_optimizer_state_is_fp32_under_bf16(tmp_path):
     probe = _StateProbe()
-    fit(toy_lora_model(), RegressionTask(), loader(), None, _config(tmp_path, "run", max_steps=2, mixed_precision="bf16"),
+    fit(toy_lora_model(), RegressionTask(), loader(), None, fit_config(tmp_path, "run", max_steps=2, mixed_precision="bf16"),
         hooks=(probe,))
     assert probe.dtypes == {torch.float32}
 
 
 def _resumes_exactly(tmp_path, **options):
     straight = toy_lora_model()
-    fit(straight, RegressionTask(), loader(), None, _config(tmp_path, "a", max_steps=9, grad_accum_steps=2, **options))
+    fit(straight, RegressionTask(), loader(), None, fit_config(tmp_path, "a", max_steps=9, grad_accum_steps=2, **options))
     fit(toy_lora_model(), RegressionTask(), loader(), None,
-        _config(tmp_path, "b", max_steps=5, grad_accum_steps=2, save_every=5, **options))
-    resumed = _scrambled_lora_model()
+        fit_config(tmp_path, "b", max_steps=5, grad_accum_steps=2, save_every=5, **options))
+    resumed = scrambled_lora_model()
     fit(resumed, RegressionTask(), loader(), None,
-        _config(tmp_path, "b", max_steps=9, grad_accum_steps=2, save_every=5, resume=True, **options))
-    a, b = _trained(straight), _trained(resumed)
+        fit_config(tmp_path, "b", max_steps=9, grad_accum_steps=2, save_every=5, resume=True, **options))
+    a, b = trained_tensors(straight), trained_tensors(resumed)
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
@@ -126,9 +106,9 @@ def test_resume_is_bit_exact_under_compile(tmp_path):
 @pytest.mark.integration
 def test_a_compiled_lora_model_trains_like_the_eager_one(tmp_path):
     eager, compiled = toy_lora_model(), toy_lora_model()
-    fit(eager, RegressionTask(), loader(), None, _config(tmp_path, "eager", max_steps=4))
-    fit(compiled, RegressionTask(), loader(), None, _config(tmp_path, "compiled", max_steps=4, compile=True))
-    for (name, a), b in zip(_trained(eager).items(), _trained(compiled).values()):
+    fit(eager, RegressionTask(), loader(), None, fit_config(tmp_path, "eager", max_steps=4))
+    fit(compiled, RegressionTask(), loader(), None, fit_config(tmp_path, "compiled", max_steps=4, compile=True))
+    for (name, a), b in zip(trained_tensors(eager).items(), trained_tensors(compiled).values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     assert not hasattr(compiled, "_orig_mod")  # compiled in place: names and checkpoints unchanged
     assert "torch.compile" in (tmp_path / "compiled" / "report.md").read_text()
@@ -137,7 +117,7 @@ def test_a_compiled_lora_model_trains_like_the_eager_one(tmp_path):
 def test_compile_refuses_gradient_checkpointing_with_the_fix(tmp_path):
     with pytest.raises(ScalpelError, match="choose one of them"):
         fit(toy_lora_model(), RegressionTask(), loader(), None,
-            _config(tmp_path, "run", max_steps=1, compile=True, gradient_checkpointing=True))
+            fit_config(tmp_path, "run", max_steps=1, compile=True, gradient_checkpointing=True))
 
 
 def test_compile_refuses_a_cpu_run_without_a_cxx_compiler(tmp_path, monkeypatch):
@@ -145,4 +125,4 @@ def test_compile_refuses_a_cpu_run_without_a_cxx_compiler(tmp_path, monkeypatch)
 
     monkeypatch.setattr(setup.shutil, "which", lambda name: None)
     with pytest.raises(ScalpelError, match="needs a C\\+\\+ compiler"):
-        fit(toy_lora_model(), RegressionTask(), loader(), None, _config(tmp_path, "run", max_steps=1, compile=True))
+        fit(toy_lora_model(), RegressionTask(), loader(), None, fit_config(tmp_path, "run", max_steps=1, compile=True))
